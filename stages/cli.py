@@ -1,0 +1,20 @@
+"""The one place a user mistake becomes a message: library code raises `UserError`, this prints it."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from stages.config import UserError
+
+
+def run(main: Callable[[], None]) -> None:
+
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,167 @@
+"""Every knob of the pipeline, validated once.
+
+Each stage calls `load_params()` first, so a typo or a bad value fails before any model loads, with one
+line naming the key. `params.yaml` is the only place defaults are written; these models only say what
+is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PARAMS_FILE = "params.yaml"
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad params, bad data). The entry point prints it as one line, exit 2."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(Section):
+    """Where stages read and write. dvc.yaml uses the same values through ${paths.*}."""
+
+    policy: str
+    sft_data: str
+    prompts: str
+    eval_prompts: str
+    base_model: str
+    sft_model: str
+    dpo_model: str
+    samples: str
+    preferences: str
+    eval_outputs: str
+    judge_metrics: str
+    train_metrics: str
+    eval_metrics: str
+    train_live: str
+    report: str
+
+
+class DataParams(Section):
+    """The generator of the shipped task data (python -m stages.make_data)."""
+
+    seed: int
+    n_sft: int = Field(gt=0)
+    n_prompts: int = Field(gt=0)
+    n_eval: int = Field(gt=0)
+
+
+class TinyModel(Section):
+    vocab_size: int = Field(ge=300)  # byte-level BPE needs 256 bytes + merges + specials
+    hidden_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    epochs: float = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(gt=0)
+
+
+class ModelParams(Section):
+    base: str = Field(min_length=1)
+    max_length: int = Field(gt=0)
+    tiny: TinyModel
+
+    @field_validator("base")
+    @classmethod
+    def known_builtin(cls, v: str) -> str:
+        if v.startswith("builtin:") and v != "builtin:tiny":
+            raise ValueError(f"unknown builtin model {v!r}; the only builtin is 'builtin:tiny'")
+        return v
+
+
+class Lora(Section):
+    lora_r: int = Field(gt=0)
+    lora_alpha: float = Field(gt=0)
+    lora_dropout: float = Field(ge=0, lt=1)
+    learning_rate: float = Field(gt=0)
+    epochs: float = Field(gt=0)
+    batch_size: int = Field(gt=0)
+
+
+class SftParams(Lora):
+    pass
+
+
+class SampleParams(Section):
+    temperatures: tuple[float, float]
+    top_p: float = Field(gt=0, le=1)
+    max_new_tokens: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+
+    @field_validator("temperatures")
+    @classmethod
+    def positive(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if min(v) <= 0:
+            raise ValueError("temperatures must be > 0 (two per prompt, e.g. [0.7, 1.2])")
+        return v
+
+
+class JudgeParams(Section):
+    backend: Literal["rubric"]
+
+
+class TrainParams(Lora):
+    beta: float = Field(gt=0)
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust"]
+    eval_fraction: float = Field(gt=0, lt=1)
+    logging_steps: int = Field(gt=0)
+
+
+class EvalParams(Section):
+    temperature: float = Field(ge=0)  # 0 = greedy
+    top_p: float = Field(gt=0, le=1)
+    max_new_tokens: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    bootstrap_samples: int = Field(ge=100)
+    examples_in_report: int = Field(ge=0)
+
+
+class Params(Section):
+    seed: int
+    task: Literal["incident_triage"]
+    paths: Paths
+    data: DataParams
+    model: ModelParams
+    sft: SftParams
+    sample: SampleParams
+    judge: JudgeParams
+    train: TrainParams
+    eval: EvalParams
+
+
+def _one_line(err: ValidationError, file: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "missing":
+        msg = "missing key"
+    elif first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in first and not isinstance(first["input"], dict):
+        msg += f" (got {first['input']!r})"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{file}: {key}: {msg}{more}"
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (run from the repository root)") from None
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f":{line + 1}" if line is not None else ""
+        raise UserError(f"{path}{where}: not valid YAML") from None
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as e:
+        raise UserError(_one_line(e, str(path))) from None

@@ -1,0 +1,247 @@
+"""Incident triage: everything specific to the embedded task lives in this module.
+
+Prompt: a short incident report. Response: one JSON object
+`{"severity": "SEV1".."SEV4", "service": ..., "summary": ...}`.
+The written policy (data/policy.md) is the ground truth; `policy_severity` applies it to the report text,
+so a judge never needs a hidden label.
+
+Regenerate the shipped data (deterministic; the test suite checks the files match):
+    python -m stages.make_data
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+NAME = "incident_triage"
+SEVERITIES = ("SEV1", "SEV2", "SEV3", "SEV4")
+MAX_SUMMARY_WORDS = 12  # the policy's "one short line"
+
+CUSTOMER_SERVICES = ["checkout-api", "payments", "login", "search", "mobile-app", "web-frontend",
+                     "notifications", "video-streaming", "orders", "cart"]
+INTERNAL_SERVICES = ["build-ci", "internal-wiki", "metrics-dashboard", "hr-portal", "log-pipeline",
+                     "staging-env"]
+REGIONS = ["eu-west", "us-east", "ap-south", "sa-east"]
+
+KINDS = ("outage", "errors", "latency", "cosmetic", "data_loss", "security")
+SCOPES = ("all", "region", "some")
+
+
+class Triage(BaseModel):
+    """The response schema: a response is well-formed iff it is exactly one JSON object of this shape."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    severity: Literal["SEV1", "SEV2", "SEV3", "SEV4"]
+    service: str
+    summary: str
+
+
+@dataclass(frozen=True)
+class Incident:
+    service: str
+    kind: str
+    scope: str  # all | region | some  (internal services are always "staff")
+    workaround: bool
+    region: str = ""
+
+    @property
+    def internal(self) -> bool:
+        return self.service in INTERNAL_SERVICES
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The policy (data/policy.md says the same in words)
+
+
+def severity_of(inc: Incident) -> str:
+    if inc.kind in ("data_loss", "security"):
+        return "SEV1"
+    if inc.kind == "cosmetic":
+        return "SEV4"
+    if inc.internal:
+        return "SEV3"
+    if inc.kind == "outage":
+        return {"all": "SEV1", "region": "SEV2", "some": "SEV3"}[inc.scope]
+    # errors or latency: a degradation
+    return "SEV2" if inc.scope == "all" and not inc.workaround else "SEV3"
+
+
+# Phrases the report is written with. The parser below reads the same vocabulary back, which is what the
+# written policy's "signals" section lists: a reader (or a judge) classifies by these words alone.
+IMPACT = {
+    "outage": ["{s} is completely down.", "{s} returns 503 for every request.", "{s} is unreachable."],
+    "errors": ["{s} is throwing elevated 5xx errors.", "About 20% of {s} requests fail.",
+               "{s} intermittently errors out."],
+    "latency": ["{s} responses are very slow.", "p99 latency on {s} is above 10 seconds.",
+                "{s} pages take a long time to load."],
+    "cosmetic": ["A button label on {s} is misaligned.", "{s} shows a typo in the footer.",
+                 "The {s} logo renders blurry."],
+    "data_loss": ["{s} lost records written in the last hour.", "Some {s} data was deleted and cannot be recovered."],
+    "security": ["Credentials for {s} were exposed in a public log.", "Unauthorised access to {s} was detected."],
+}
+SCOPE_TEXT = {
+    "all": ["All customers are affected.", "Every user sees this."],
+    "region": ["Only customers in {r} are affected.", "Impact is limited to the {r} region."],
+    "some": ["A handful of users reported it.", "A small number of accounts are affected."],
+    "staff": ["Only staff use this service.", "This is an internal tool."],
+}
+WORKAROUND_TEXT = {
+    True: ["Workaround: retrying the request succeeds.", "A workaround exists via the fallback path."],
+    False: ["No workaround is known.", "There is no workaround."],
+}
+OPENERS = ["", "Pager alert.", "Ticket from support.", "Reported by on-call at {h:02d}:{m:02d}.",
+           "Customer escalation."]
+SIGNALS = {
+    "outage": ["completely down", "returns 503", "unreachable"],
+    "errors": ["5xx errors", "requests fail", "errors out"],
+    "latency": ["very slow", "p99 latency", "long time to load"],
+    "cosmetic": ["misaligned", "typo", "renders blurry"],
+    "data_loss": ["lost records", "cannot be recovered"],
+    "security": ["credentials", "unauthorised access"],
+}
+SUMMARY = {"outage": "outage", "errors": "elevated errors", "latency": "high latency",
+           "cosmetic": "cosmetic glitch", "data_loss": "data loss", "security": "security exposure"}
+
+
+def render_report(inc: Incident, rng: random.Random) -> str:
+    parts = [rng.choice(OPENERS).format(h=rng.randrange(24), m=rng.randrange(60))]
+    parts.append(rng.choice(IMPACT[inc.kind]).format(s=inc.service))
+    scope = "staff" if inc.internal else inc.scope
+    parts.append(rng.choice(SCOPE_TEXT[scope]).format(r=inc.region))
+    parts.append(rng.choice(WORKAROUND_TEXT[inc.workaround]))
+    return " ".join(p for p in parts if p)
+
+
+def parse_report(report: str) -> Incident:
+    """Read an incident back from report text, using only the policy's signal phrases."""
+    low = report.lower()
+    service = next((s for s in CUSTOMER_SERVICES + INTERNAL_SERVICES if re.search(rf"\b{re.escape(s)}\b", low)), "")
+    kind = next((k for k, words in SIGNALS.items() if any(w in low for w in words)), "errors")
+    region = next((r for r in REGIONS if r in low), "")
+    if region:
+        scope = "region"
+    elif "handful" in low or "small number" in low:
+        scope = "some"
+    else:
+        scope = "all"
+    workaround = "workaround:" in low or "workaround exists" in low
+    return Incident(service=service, kind=kind, scope=scope, workaround=workaround, region=region)
+
+
+def policy_severity(prompt: str) -> str:
+    return severity_of(parse_report(prompt))
+
+
+def reference_summary(inc: Incident) -> str:
+    where = {"all": "for all customers", "region": f"in {inc.region}", "some": "for some users"}
+    return f"{inc.service} {SUMMARY[inc.kind]} " + ("for staff" if inc.internal else where[inc.scope])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading responses and scoring them against the policy
+
+
+def parse_response(text: str) -> Triage | None:
+    """The response if it is exactly one valid JSON object of the schema, else None."""
+    try:
+        return Triage.model_validate(json.loads(text.strip()))
+    except (ValueError, ValidationError):
+        return None
+
+
+def rubric_score(prompt: str, response: str) -> tuple[int, str]:
+    """Pointwise 1-5 score by the written policy; sees only the prompt and the response."""
+    parsed = parse_response(response)
+    if parsed is None:
+        return 1, "not a single JSON object of the schema"
+    incident = parse_report(prompt)
+    want = severity_of(incident)
+    off = abs(SEVERITIES.index(parsed.severity) - SEVERITIES.index(want))
+    if off >= 2:
+        return 2, f"severity {parsed.severity}, policy says {want}"
+    if off == 1:
+        return 3, f"severity {parsed.severity}, policy says {want}"
+    if parsed.service != incident.service:
+        return 4, f"service {parsed.service!r}, report names {incident.service!r}"
+    if len(parsed.summary.split()) > MAX_SUMMARY_WORDS:
+        return 4, f"summary longer than {MAX_SUMMARY_WORDS} words"
+    return 5, "follows the policy and the schema"
+
+
+def response_metrics(prompt: str, response: str) -> dict[str, float]:
+    """Heuristic eval metrics for one response (averaged over prompts by the eval stage)."""
+    parsed = parse_response(response)
+    return {
+        "format_conformance": float(parsed is not None),
+        "severity_match": float(parsed is not None and parsed.severity == policy_severity(prompt)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The deterministic data generator, with the flaws a real annotation team leaves
+
+
+def _incident(rng: random.Random) -> Incident:
+    internal = rng.random() < 0.25
+    service = rng.choice(INTERNAL_SERVICES if internal else CUSTOMER_SERVICES)
+    kind = rng.choices(KINDS, weights=[30, 25, 20, 10, 8, 7])[0]
+    scope = "all" if internal else rng.choices(SCOPES, weights=[45, 30, 25])[0]
+    region = rng.choice(REGIONS) if scope == "region" else ""
+    return Incident(service=service, kind=kind, scope=scope, workaround=rng.random() < 0.4, region=region)
+
+
+def _annotate(inc: Incident, rng: random.Random) -> str:
+    """A flawed annotator's response: systematic over-escalation, some noise, verbose and malformed answers."""
+    sev = severity_of(inc)
+    # Systematic: on-call annotators treat any outage, even of an internal tool, as SEV2, and a
+    # customer-wide degradation as SEV2 even when a workaround exists.
+    if inc.internal and inc.kind == "outage" and rng.random() < 0.7:
+        sev = "SEV2"
+    elif not inc.internal and inc.kind in ("errors", "latency") and inc.scope == "all" and rng.random() < 0.6:
+        sev = "SEV2"
+    elif rng.random() < 0.08:  # plain noise: one level off
+        i = SEVERITIES.index(sev) + rng.choice([-1, 1])
+        sev = SEVERITIES[min(max(i, 0), 3)]
+    summary = reference_summary(inc)
+    if rng.random() < 0.12:
+        summary += " which was reported and is currently being investigated by the on-call team right now"
+    answer = json.dumps({"severity": sev, "service": inc.service, "summary": summary})
+    r = rng.random()
+    if r < 0.04:
+        answer = "Here is the triage: " + answer
+    elif r < 0.07:
+        answer = json.dumps({"severity": sev, "summary": summary})
+    return answer
+
+
+def generate(seed: int, n_sft: int, n_prompts: int, n_eval: int) -> dict[str, list[dict]]:
+    """The shipped splits. A prompt text appears in at most one split."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    splits: dict[str, list[dict]] = {}
+    for split, n in (("eval", n_eval), ("prompts", n_prompts), ("sft", n_sft)):
+        rows: list[dict] = []
+        while len(rows) < n:
+            inc = _incident(rng)
+            report = render_report(inc, rng)
+            if report in seen:
+                continue
+            seen.add(report)
+            row = {"id": f"{split}-{len(rows):05d}", "prompt": report}
+            if split == "sft":
+                row["response"] = _annotate(inc, rng)
+            rows.append(row)
+        splits[split] = rows
+    return splits
+
+
+def pretrain_text(prompt: str, response: str) -> str:
+    # The base model reads incident reports and triage notes as plain documents; it never sees the chat
+    # format, which is what SFT teaches.
+    return f"{prompt}\n{response}"

@@ -1,0 +1,88 @@
+"""DPO-train a LoRA adapter on top of the SFT model with TRL's DPOTrainer.
+
+    python -m stages.train          (run by `dvc repro` as stage `train`)
+
+The SFT adapter is merged into the base weights, and a fresh LoRA adapter is trained on top. With
+`ref_model=None` TRL computes the reference log-probs with the adapter disabled, i.e. the reference policy
+is exactly the SFT model: rewards start at ~0 (metrics/train.json keeps the first logged value).
+A held-out slice of the pairs is the eval set, so the validation reward gap is logged too.
+Training curves go through transformers' DVCLive callback to `paths.train_live` (dvc plots show).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+from rich import print
+
+from stages import cli
+from stages.config import load_params
+from stages.files import atomic_path, read_jsonl, write_json
+
+
+def summarize(log_history: list[dict]) -> dict:
+    """The numbers a reader checks: where rewards started, where margins and accuracies ended."""
+    train = [h for h in log_history if "rewards/margins" in h]
+    evals = [h for h in log_history if "eval_rewards/margins" in h]
+    pick = lambda h, k: round(h[k], 4)  # noqa: E731
+    return {
+        "first_step": {k: pick(train[0], k) for k in ("rewards/chosen", "rewards/rejected", "rewards/margins")},
+        "final": {k: pick(train[-1], k) for k in ("loss", "rewards/margins", "rewards/accuracies")},
+        "eval_first": {k: pick(evals[0], "eval_" + k) for k in ("rewards/margins", "rewards/accuracies")},
+        "eval_final": {k: pick(evals[-1], "eval_" + k) for k in ("loss", "rewards/margins", "rewards/accuracies")},
+    }
+
+
+def main() -> None:
+    params = load_params()
+    paths, cfg = params.paths, params.train
+    rows = read_jsonl(paths.preferences, required=("prompt", "chosen", "rejected"))
+
+    from datasets import Dataset
+    from dvclive import Live
+    from peft import LoraConfig
+    from transformers import set_seed
+    from transformers.integrations import DVCLiveCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from stages.models import device, load_policy, load_tokenizer
+
+    set_seed(params.seed)
+    # --- model & tokenizer: the SFT model (merged), a fresh LoRA goes on top
+    tokenizer = load_tokenizer(paths.base_model)
+    model = load_policy("sft", paths).train()
+    # --- dataset: a seeded held-out slice for the validation reward gap
+    ds = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+    split = ds.train_test_split(test_size=cfg.eval_fraction, seed=params.seed)
+    # --- training
+    start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = DPOConfig(
+            output_dir=tmp, beta=cfg.beta, loss_type=[cfg.loss_type], learning_rate=cfg.learning_rate,
+            num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.batch_size, lr_scheduler_type="linear", warmup_steps=0.1,
+            max_length=params.model.max_length, logging_steps=cfg.logging_steps, eval_strategy="steps",
+            eval_steps=cfg.logging_steps * 2, eval_on_start=True, save_strategy="no", report_to="none",
+            seed=params.seed, data_seed=params.seed, bf16=False, gradient_checkpointing=False,
+            use_cpu=device() == "cpu", disable_tqdm=True,
+        )
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules="all-linear", task_type="CAUSAL_LM")
+        live = Live(dir=paths.train_live, dvcyaml=None, save_dvc_exp=False)
+        trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=split["train"],
+                             eval_dataset=split["test"], processing_class=tokenizer, peft_config=lora,
+                             callbacks=[DVCLiveCallback(live=live)])
+        trainer.train()
+        live.end()
+    summary = {"pairs_train": len(split["train"]), "pairs_eval": len(split["test"]),
+               **summarize(trainer.state.log_history), "seconds": round(time.time() - start, 1)}
+    with atomic_path(paths.dpo_model) as out:
+        trainer.model.save_pretrained(out)
+    write_json(paths.train_metrics, summary)
+    print(f"[bold]train[/]: margins {summary['first_step']['rewards/margins']} -> {summary['final']['rewards/margins']}, "
+          f"eval accuracy {summary['eval_final']['rewards/accuracies']} in {summary['seconds']}s -> {paths.dpo_model}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
