@@ -111,6 +111,7 @@ class JudgeParams(Section):
 class TrainParams(Lora):
     beta: float = Field(gt=0)
     loss_type: Literal["sigmoid", "hinge", "ipo", "robust"]
+    sft_weight: float = Field(ge=0)
     eval_fraction: float = Field(gt=0, lt=1)
     logging_steps: int = Field(gt=0)
 

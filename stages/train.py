@@ -59,7 +59,10 @@ def main() -> None:
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         args = DPOConfig(
-            output_dir=tmp, beta=cfg.beta, loss_type=[cfg.loss_type], learning_rate=cfg.learning_rate,
+            output_dir=tmp, beta=cfg.beta, learning_rate=cfg.learning_rate,
+            # RPO-style: an NLL term on the chosen response keeps its likelihood from falling with the rejected
+            loss_type=[cfg.loss_type, "sft"] if cfg.sft_weight else [cfg.loss_type],
+            loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight else None,
             num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=cfg.batch_size, lr_scheduler_type="linear", warmup_steps=0.1,
             max_length=params.model.max_length, logging_steps=cfg.logging_steps, eval_strategy="steps",

@@ -169,6 +169,8 @@ def rubric_score(prompt: str, response: str) -> tuple[int, str]:
         return 3, f"severity {parsed.severity}, policy says {want}"
     if parsed.service != incident.service:
         return 4, f"service {parsed.service!r}, report names {incident.service!r}"
+    if incident.service not in parsed.summary:
+        return 4, "summary does not name the service"
     if len(parsed.summary.split()) > MAX_SUMMARY_WORDS:
         return 4, f"summary longer than {MAX_SUMMARY_WORDS} words"
     return 5, "follows the policy and the schema"

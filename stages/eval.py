@@ -1,0 +1,77 @@
+"""Evaluate base vs SFT vs SFT+DPO on the held-out prompts.
+
+    python -m stages.eval           (run by `dvc repro` as stage `eval`)
+
+All three models decode with the same params and seeds. Metrics (metrics/eval.json):
+format conformance, severity match and mean length per model ({metric: {base, sft, dpo}}), faithfulness
+(the judge's pointwise 1-5 score), and DPO vs SFT pairwise preference judged in both orders, with a 95%
+bootstrap CI over prompts. Per-prompt outputs, scores and verdicts go to `paths.eval_outputs`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from rich import print
+
+from stages import cli
+from stages.config import load_params
+from stages.files import read_jsonl, write_json, write_jsonl
+from stages.judges import pairwise_both_orders, make_judge
+from stages.stats import bootstrap_ci, pairwise_summary
+from stages.tasks import get_task
+
+MODELS = ("base", "sft", "dpo")
+
+
+def main() -> None:
+    params = load_params()
+    paths, cfg = params.paths, params.eval
+    rows = read_jsonl(paths.eval_prompts, required=("id", "prompt"))
+    task = get_task(params.task)
+    judge = make_judge(params.judge, task)
+
+    from stages.models import generate, load_policy, load_tokenizer
+
+    # --- generate with each model, same prompts, decoding params and seeds
+    tokenizer = load_tokenizer(paths.base_model)
+    prompts = [r["prompt"] for r in rows]
+    outputs = {}
+    for name in MODELS:
+        model = load_policy(name, paths)
+        outputs[name] = generate(model, tokenizer, prompts, temperature=cfg.temperature, top_p=cfg.top_p,
+                                 max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                 seed=params.seed, label=f"eval {name}")
+        del model
+
+    # --- score each response; judge DPO vs SFT in both orders
+    records, outcomes = [], []
+    for i, row in enumerate(rows):
+        rec = {"id": row["id"], "prompt": row["prompt"]}
+        for name in MODELS:
+            text = outputs[name][i]["text"]
+            rec[name] = {"text": text, "tokens": outputs[name][i]["tokens"],
+                         **task.response_metrics(row["prompt"], text),
+                         "faithfulness": judge.score(row["prompt"], text).score}
+        verdict, _ = pairwise_both_orders(judge, row["prompt"], rec["dpo"]["text"], rec["sft"]["text"])
+        outcome = {"A": "win", "B": "loss", "tie": "tie"}[verdict.winner]
+        rec["pairwise_dpo_vs_sft"] = {"outcome": outcome, "reason": verdict.reason}
+        outcomes.append(outcome)
+        records.append(rec)
+
+    # --- aggregate: {metric: {base, sft, dpo}} for dvc metrics/exp show; the 95% CIs in their own block
+    keys = sorted(records[0]["base"].keys() - {"text", "tokens"})
+    metrics: dict = {k: {m: round(float(np.mean([r[m][k] for r in records])), 4) for m in MODELS} for k in keys}
+    metrics["mean_tokens"] = {m: round(float(np.mean([r[m]["tokens"] for r in records])), 2) for m in MODELS}
+    metrics["pairwise_dpo_vs_sft"] = pairwise_summary(outcomes, cfg.bootstrap_samples, params.seed)
+    metrics["ci95"] = {k: {m: dict(zip(("low", "high"), (round(v, 4) for v in bootstrap_ci(
+        [r[m][k] for r in records], cfg.bootstrap_samples, params.seed)))) for m in MODELS} for k in keys}
+    metrics["n_prompts"] = len(records)
+    write_jsonl(paths.eval_outputs, records)
+    write_json(paths.eval_metrics, metrics)
+    pw = metrics["pairwise_dpo_vs_sft"]
+    print(f"[bold]eval[/]: DPO vs SFT win rate {pw['win_rate']} [{pw['ci_low']}, {pw['ci_high']}] over "
+          f"{len(records)} prompts -> {paths.eval_metrics}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,84 @@
+"""Write reports/report.md and print the 3-way comparison in the terminal.
+
+    python -m stages.report         (run by `dvc repro` as stage `report`)
+"""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from stages import cli
+from stages.config import load_params
+from stages.files import read_jsonl, write_text
+
+LABELS = {"format_conformance": "Format conformance", "severity_match": "Severity match",
+          "faithfulness": "Faithfulness (judge, 1-5)", "mean_tokens": "Mean length (tokens)"}
+
+
+def table_rows(ev: dict) -> list[list[str]]:
+    """[metric, base, sft, dpo, delta] cells; rates with their 95% CI."""
+    rows = []
+    for key, label in LABELS.items():
+        m, ci = ev[key], ev["ci95"].get(key)
+        cell = lambda name: f"{m[name]:.2f}" + (f" [{ci[name]['low']:.2f}, {ci[name]['high']:.2f}]" if ci else "")  # noqa: E731
+        rows.append([label, cell("base"), cell("sft"), cell("dpo"), f"{m['dpo'] - m['sft']:+.2f}"])
+    pw = ev["pairwise_dpo_vs_sft"]
+    rows.append(["Preferred (judge pairwise, DPO vs SFT)", "-", "-",
+                 f"{pw['win_rate']:.1%} [{pw['ci_low']:.1%}, {pw['ci_high']:.1%}]",
+                 f"{(pw['win_rate'] - 0.5) * 100:+.1f}pp"])
+    return rows
+
+
+def markdown(ev: dict, judge: dict, train: dict, examples: list[dict]) -> str:
+    pw = ev["pairwise_dpo_vs_sft"]
+    lines = ["# Base vs SFT vs SFT+DPO", "",
+             f"{ev['n_prompts']} held-out prompts; 95% bootstrap CIs over prompts in brackets.", "",
+             "| Metric | Base | SFT | SFT+DPO | Δ DPO over SFT |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in table_rows(ev)]
+    lines += ["", f"Pairwise DPO vs SFT, judged in both orders: {pw['wins']} wins, {pw['losses']} losses, "
+              f"{pw['ties']} ties; win rate = (wins + ties/2) / n.", "",
+              "## Preference data", "",
+              f"{judge['pairs']} pairs kept from {judge['prompts']} prompts by the `{judge['backend']}` judge; "
+              f"{judge['ties']} ties dropped; position consistency {judge['position_consistency']:.1%}.", "",
+              "## DPO training", "",
+              f"- Reward margin: {train['first_step']['rewards/margins']} at the first step (the reference is the "
+              f"SFT model) -> {train['final']['rewards/margins']} at the end; reward accuracy "
+              f"{train['final']['rewards/accuracies']}.",
+              f"- Validation ({train['pairs_eval']} held-out pairs): reward gap "
+              f"{train['eval_first']['rewards/margins']} -> {train['eval_final']['rewards/margins']}, accuracy "
+              f"{train['eval_final']['rewards/accuracies']}.", "",
+              "## Examples", ""]
+    for ex in examples:
+        lines += [f"**{ex['id']}**: {ex['prompt']}", "", "| Model | Output | Score |", "|---|---|---|"]
+        for name, label in (("base", "Base"), ("sft", "SFT"), ("dpo", "SFT+DPO")):
+            text = ex[name]["text"].replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {label} | `{text}` | {ex[name]['faithfulness']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    params = load_params()
+    paths = params.paths
+    ev, judge, train = (json.loads(open(p).read()) for p in (paths.eval_metrics, paths.judge_metrics,
+                                                             paths.train_metrics))
+    records = read_jsonl(paths.eval_outputs, required=("id", "prompt", "base", "sft", "dpo"))
+    # Show the prompts where the models disagree most first: that is where DPO's effect is visible.
+    changed = [r for r in records if r["pairwise_dpo_vs_sft"]["outcome"] != "tie"]
+    examples = (changed + [r for r in records if r not in changed])[:params.eval.examples_in_report]
+    write_text(paths.report, markdown(ev, judge, train, examples))
+
+    table = Table(title="Base vs SFT vs SFT+DPO (95% CI)")
+    for col in ("Metric", "Base", "SFT", "SFT+DPO", "Δ DPO over SFT"):
+        table.add_column(col)
+    for row in table_rows(ev):
+        table.add_row(*row)
+    Console(width=max(Console().width, 120)).print(table)
+    print(f"report: {paths.report}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
