@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Callable
 
 from stages.config import UserError
 
 
 def run(main: Callable[[], None]) -> None:
-
-
+    # The libraries' deprecation chatter is for their maintainers, not for someone reading a dvc repro log.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
         main()

@@ -13,10 +13,10 @@ from collections import Counter
 from rich import print
 
 from stages import cli
-from stages.config import load_params
+from stages.chat import assistant, user
+from stages.config import UserError, load_params
 from stages.files import read_jsonl, write_json, write_jsonl
 from stages.judges import make_judge, pairwise_both_orders
-from stages.models import chat
 from stages.tasks import get_task
 
 
@@ -34,9 +34,9 @@ def build_pairs(samples: list[dict], judge) -> tuple[list[dict], Counter]:
         counts["chosen_at_T" + str(chosen["temperature"])] += 1
         pairs.append({
             "id": row["id"],
-            "prompt": chat(row["prompt"]),
-            "chosen": [{"role": "assistant", "content": chosen["text"]}],
-            "rejected": [{"role": "assistant", "content": rejected["text"]}],
+            "prompt": user(row["prompt"]),
+            "chosen": assistant(chosen["text"]),
+            "rejected": assistant(rejected["text"]),
             "chosen_temperature": chosen["temperature"],
             "rejected_temperature": rejected["temperature"],
             "judge": judge.name,
@@ -51,6 +51,9 @@ def main() -> None:
     samples = read_jsonl(paths.samples, required=("id", "prompt", "responses"))
     judge = make_judge(params.judge, get_task(params.task))
     pairs, counts = build_pairs(samples, judge)
+    if not pairs:
+        raise UserError(f"judge: all {len(samples)} pairs were ties, so there is no preference data; make the two "
+                        "samples differ more (sample.temperatures) or train a better SFT model")
     metrics = {
         "backend": judge.name,
         "prompts": len(samples),

@@ -14,6 +14,7 @@ import torch
 from rich.progress import Progress
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from stages.chat import user
 from stages.config import ModelParams, Paths, UserError
 
 # A minimal chat template: `<|user|>\n...<|end|>\n<|assistant|>\n...<|end|>\n`. The rendered prompt is a
@@ -23,10 +24,6 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
-
-
-def chat(prompt: str) -> list[dict]:
-    return [{"role": "user", "content": prompt}]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -136,7 +133,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         bar = progress.add_task(label, total=len(prompts))
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
-            texts = [tokenizer.apply_chat_template(chat(p), tokenize=False, add_generation_prompt=True)
+            texts = [tokenizer.apply_chat_template(user(p), tokenize=False, add_generation_prompt=True)
                      for p in batch]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             torch.manual_seed(seed + start)

@@ -22,17 +22,18 @@ def main() -> None:
     params = load_params()
     paths, cfg = params.paths, params.model
     start = time.time()
-    with atomic_path(paths.base_model) as out:
-        if cfg.base == "builtin:tiny":
-            from stages.models import train_tiny_base
+    if cfg.base == "builtin:tiny":
+        from stages.models import train_tiny_base
 
-            task = get_task(params.task)
-            rows = read_jsonl(paths.sft_data, required=("prompt", "response"))
-            texts = [task.pretrain_text(r["prompt"], r["response"]) for r in rows]
+        task = get_task(params.task)
+        rows = read_jsonl(paths.sft_data, required=("prompt", "response"))
+        texts = [task.pretrain_text(r["prompt"], r["response"]) for r in rows]
+        with atomic_path(paths.base_model) as out:
             info = train_tiny_base(texts, cfg, params.seed, out)
-        else:
-            from stages.models import load_pretrained
+    else:
+        from stages.models import load_pretrained
 
+        with atomic_path(paths.base_model) as out:
             info = load_pretrained(cfg.base, out)
     print(f"[bold]prepare[/]: {cfg.base} -> {paths.base_model} {info} in {time.time() - start:.0f}s")
 

@@ -16,7 +16,8 @@ from rich import print
 from stages import cli
 from stages.config import load_params
 from stages.files import atomic_path, read_jsonl
-from stages.models import chat, device
+from stages.chat import assistant, user
+from stages.models import device
 
 
 def main() -> None:
@@ -36,8 +37,7 @@ def main() -> None:
     tokenizer = load_tokenizer(paths.base_model)
     model = load_base(paths)
     # --- dataset
-    ds = Dataset.from_list([{"prompt": chat(r["prompt"]),
-                             "completion": [{"role": "assistant", "content": r["response"]}]} for r in rows])
+    ds = Dataset.from_list([{"prompt": user(r["prompt"]), "completion": assistant(r["response"])} for r in rows])
     # --- training
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:

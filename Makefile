@@ -1,0 +1,27 @@
+# make run   : create .venv, install pinned dependencies, run the whole pipeline (dvc repro)
+# make test  : create .venv, install, run the test suite
+# make data  : regenerate the shipped data/ files from params.yaml's `data` section
+VENV   ?= .venv
+PYTHON ?= python3
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: run test data install clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	touch $@
+
+run: install
+	dvc repro
+
+test: install
+	python -m pytest
+
+data: install
+	python -m stages.make_data
+
+clean:
+	rm -rf $(VENV) models artifacts .dvc/tmp

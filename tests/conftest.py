@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT
+
+
+def run_stage(module: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `python -m stages.<module>` in `cwd` as dvc would, with our package importable."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", f"stages.{module}"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)

@@ -1,0 +1,97 @@
+"""params.yaml validation and what a user sees for bad params and bad data: one line, exit 2."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+
+from stages.config import UserError, load_params
+from tests.conftest import run_stage
+
+
+def test_shipped_params_load(root):
+    p = load_params(root / "params.yaml")
+    assert p.model.base == "builtin:tiny"
+    assert p.sample.temperatures == (0.7, 1.2)
+    assert p.judge.backend == "rubric"
+    assert p.train.beta == 0.1
+
+
+def edited(root, tmp_path, edit) -> str:
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["train"].update(betta=0.2), "train.betta: unknown key"),
+    (lambda r: r["train"].update(beta=0), "train.beta: Input should be greater than 0"),
+    (lambda r: r["train"].update(beta="high"), "train.beta: Input should be a valid number"),
+    (lambda r: r["judge"].update(backend="gpt"), "judge.backend: Input should be 'rubric'"),
+    (lambda r: r["sample"].update(temperatures=[0.7]), "sample.temperatures"),
+    (lambda r: r["sample"].update(temperatures=[0.0, 1.0]), "temperatures must be > 0"),
+    (lambda r: r["model"].update(base="builtin:huge"), "unknown builtin model 'builtin:huge'"),
+    (lambda r: r.pop("eval"), "eval: missing key"),
+    (lambda r: r.update(extra_section={}), "extra_section: unknown key"),
+])
+def test_bad_params_name_the_key(root, tmp_path, edit, message):
+    with pytest.raises(UserError) as e:
+        load_params(edited(root, tmp_path, edit))
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\ntrain:\n  beta: [0.1\n")
+    with pytest.raises(UserError, match=r"params.yaml:\d+: not valid YAML"):
+        load_params(path)
+
+
+@pytest.fixture
+def workdir(root, tmp_path):
+    """A directory with the shipped params.yaml and data, as a stage sees its repo."""
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(root / "data", tmp_path / "data")
+    return tmp_path
+
+
+def test_a_stage_with_a_bad_param_exits_2_with_one_line(workdir):
+    text = (workdir / "params.yaml").read_text().replace("beta: 0.1 ", "beta: -1 ")
+    (workdir / "params.yaml").write_text(text)
+    proc = run_stage("train", workdir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: params.yaml: train.beta: Input should be greater than 0 (got -1)"
+    assert not (workdir / "models").exists()
+
+
+# Rows with every field any stage requires, then a truncated line.
+ROW = '{"id": "a", "prompt": "x", "response": "y", "responses": [], "chosen": [], "rejected": []}\n'
+BROKEN = ROW + ROW + '{"id": "c", "prompt": \n'
+
+
+@pytest.mark.parametrize("stage, path_key", [
+    ("prepare", "sft_data"), ("sft", "sft_data"), ("sample", "prompts"), ("judge", "samples"),
+    ("train", "preferences"), ("eval", "eval_prompts"),
+])
+def test_a_malformed_jsonl_line_names_file_and_line(workdir, stage, path_key):
+    path = getattr(load_params(workdir / "params.yaml").paths, path_key)
+    (workdir / path).parent.mkdir(parents=True, exist_ok=True)
+    (workdir / path).write_text(BROKEN)
+    before = {p for p in workdir.rglob("*")}
+    proc = run_stage(stage, workdir)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: {path}:3: not valid JSON"), proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert {p for p in workdir.rglob("*")} == before  # nothing half-written
+
+
+def test_a_missing_field_names_file_line_and_field(workdir):
+    (workdir / "data" / "eval.jsonl").write_text('{"id": "a", "prompt": "x"}\n{"id": "b"}\n')
+    proc = run_stage("eval", workdir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: data/eval.jsonl:2: missing field 'prompt'"

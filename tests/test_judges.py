@@ -1,0 +1,60 @@
+"""The judge seam, the rubric backend, position-bias handling and building preference pairs."""
+
+from __future__ import annotations
+
+from stages.judge import build_pairs
+from stages.judges import RubricJudge, Verdict, pairwise_both_orders
+from stages.tasks import incident_triage
+
+REPORT = "Ticket from support. payments is completely down. All customers are affected. There is no workaround."
+GOOD = '{"severity": "SEV1", "service": "payments", "summary": "payments outage for all customers"}'
+WRONG = GOOD.replace("SEV1", "SEV2")
+BROKEN = GOOD[:20]
+
+
+class FirstPositionJudge:
+    """A judge with pure position bias: always prefers whatever is shown first."""
+
+    name = "biased"
+
+    def pairwise(self, prompt, a, b):
+        return Verdict(winner="A", reason="first")
+
+
+def test_rubric_pairwise_prefers_policy_and_schema():
+    judge = RubricJudge(incident_triage)
+    assert judge.score(REPORT, GOOD).score == 5
+    assert judge.pairwise(REPORT, GOOD, WRONG).winner == "A"
+    assert judge.pairwise(REPORT, BROKEN, WRONG).winner == "B"
+    assert judge.pairwise(REPORT, GOOD, GOOD).winner == "tie"
+
+
+def test_both_orders_agree_for_a_consistent_judge():
+    verdict, consistent = pairwise_both_orders(RubricJudge(incident_triage), REPORT, WRONG, GOOD)
+    assert verdict.winner == "B" and consistent
+
+
+def test_position_bias_becomes_a_tie():
+    verdict, consistent = pairwise_both_orders(FirstPositionJudge(), REPORT, GOOD, WRONG)
+    assert verdict.winner == "tie" and not consistent
+
+
+def sample_row(i, a, b):
+    return {"id": f"p{i}", "prompt": REPORT,
+            "responses": [{"text": a, "temperature": 0.7, "tokens": 30}, {"text": b, "temperature": 1.2, "tokens": 40}]}
+
+
+def test_build_pairs_keeps_winners_in_trl_format_and_counts_ties():
+    samples = [sample_row(0, GOOD, WRONG), sample_row(1, BROKEN, GOOD), sample_row(2, GOOD, GOOD)]
+    pairs, counts = build_pairs(samples, RubricJudge(incident_triage))
+    assert [p["id"] for p in pairs] == ["p0", "p1"]
+    assert pairs[0]["prompt"] == [{"role": "user", "content": REPORT}]
+    assert pairs[0]["chosen"] == [{"role": "assistant", "content": GOOD}]
+    assert pairs[0]["rejected"] == [{"role": "assistant", "content": WRONG}]
+    assert (pairs[1]["chosen_temperature"], pairs[1]["rejected_temperature"]) == (1.2, 0.7)
+    assert counts["ties"] == 1 and counts["calls"] == 6 and counts["position_consistent"] == 3
+
+
+def test_build_pairs_drops_position_inconsistent_verdicts():
+    pairs, counts = build_pairs([sample_row(0, GOOD, WRONG)], FirstPositionJudge())
+    assert pairs == [] and counts["ties"] == 1 and counts["position_consistent"] == 0

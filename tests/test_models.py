@@ -1,0 +1,71 @@
+"""Model plumbing on a micro model: the builtin tokenizer's chat template, loading through the Auto classes
+(as a hub model would be), local-folder loading, and seeded generation."""
+
+from __future__ import annotations
+
+import pytest
+
+from stages.chat import assistant, user
+from stages.config import ModelParams, UserError
+from stages.models import build_tokenizer, generate, load_pretrained, load_tokenizer, train_tiny_base
+from stages.tasks import incident_triage as task
+
+TEXTS = [task.pretrain_text(r["prompt"], r["response"])
+         for r in task.generate(seed=3, n_sft=120, n_prompts=1, n_eval=1)["sft"]]
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    cfg = ModelParams(base="builtin:tiny", max_length=128, tiny=dict(
+        vocab_size=320, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, epochs=1,
+        learning_rate=1e-3, batch_size=16))
+    out = tmp_path_factory.mktemp("base")
+    info = train_tiny_base(TEXTS, cfg, seed=0, out_dir=out)
+    return out, info
+
+
+def test_chat_template_prompt_is_a_prefix_of_the_conversation():
+    tok = build_tokenizer(TEXTS, 320)
+    prompt = tok.apply_chat_template(user("disk full"), tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(user("disk full") + assistant('{"severity": "SEV3"}'), tokenize=False)
+    assert full.startswith(prompt)
+    assert full.rstrip().endswith(tok.eos_token)
+    assert tok.decode(tok(prompt)["input_ids"]) == prompt  # byte-level BPE round-trips
+
+
+def test_builtin_model_loads_through_auto_classes(micro):
+    from transformers import AutoModelForCausalLM
+
+    path, info = micro
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.config.model_type == "llama"
+    assert sum(p.numel() for p in model.parameters()) == info["params"]
+    assert load_tokenizer(str(path)).chat_template
+
+
+def test_generation_is_seeded_and_batch_independent(micro):
+    from transformers import AutoModelForCausalLM
+
+    path, _ = micro
+    model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), load_tokenizer(str(path))
+    prompts = [f"Pager alert. search is unreachable {i}." for i in range(6)]
+    kw = dict(temperature=1.0, top_p=1.0, max_new_tokens=12, seed=5)
+    a = generate(model, tok, prompts, batch_size=6, **kw)
+    assert a == generate(model, tok, prompts, batch_size=6, **kw)
+    assert a != generate(model, tok, prompts, batch_size=6, **{**kw, "seed": 6})
+    assert all(0 < r["tokens"] <= 12 for r in a)
+    greedy = dict(kw, temperature=0)
+    assert generate(model, tok, prompts, batch_size=2, **greedy) == generate(model, tok, prompts, batch_size=6,
+                                                                                **greedy)
+
+
+def test_local_folder_as_base_model(micro, tmp_path):
+    path, info = micro
+    got = load_pretrained(str(path), tmp_path / "copy")
+    assert got["params"] == info["params"]
+    assert (tmp_path / "copy" / "config.json").exists() and (tmp_path / "copy" / "tokenizer.json").exists()
+
+
+def test_unloadable_base_model_names_the_param(tmp_path):
+    with pytest.raises(UserError, match=r"^model.base: cannot load"):
+        load_pretrained(str(tmp_path / "no-such-model"), tmp_path / "out")
