@@ -1,11 +1,13 @@
-# make run   : create .venv, install pinned dependencies, run the whole pipeline (dvc repro)
+# make run   : create .venv, install pinned dependencies, run the whole pipeline (dvc repro); the report
+#              stage prints the 3-way table
+# make show  : print the table of the current metrics again
 # make test  : create .venv, install, run the test suite
 # make data  : regenerate the shipped data/ files from params.yaml's `data` section
 VENV   ?= .venv
 PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test data install clean
+.PHONY: run show test data install clean
 
 install: $(VENV)/.installed
 
@@ -16,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 
 run: install
 	dvc repro
+
+show: install
+	python -m stages.report --show
 
 test: install
 	python -m pytest

@@ -63,8 +63,11 @@ def main() -> None:
     metrics: dict = {k: {m: round(float(np.mean([r[m][k] for r in records])), 4) for m in MODELS} for k in keys}
     metrics["mean_tokens"] = {m: round(float(np.mean([r[m]["tokens"] for r in records])), 2) for m in MODELS}
     metrics["pairwise_dpo_vs_sft"] = pairwise_summary(outcomes, cfg.bootstrap_samples, params.seed)
-    metrics["ci95"] = {k: {m: dict(zip(("low", "high"), (round(v, 4) for v in bootstrap_ci(
-        [r[m][k] for r in records], cfg.bootstrap_samples, params.seed)))) for m in MODELS} for k in keys}
+    def ci95(values: list[float]) -> dict:
+        lo, hi = bootstrap_ci(values, cfg.bootstrap_samples, params.seed)
+        return {"low": round(lo, 4), "high": round(hi, 4)}
+
+    metrics["ci95"] = {k: {m: ci95([r[m][k] for r in records]) for m in MODELS} for k in keys}
     metrics["n_prompts"] = len(records)
     write_jsonl(paths.eval_outputs, records)
     write_json(paths.eval_metrics, metrics)

@@ -1,11 +1,13 @@
 """Write reports/report.md and print the 3-way comparison in the terminal.
 
     python -m stages.report         (run by `dvc repro` as stage `report`)
+    python -m stages.report --show  (only print the table of the current metrics: `make show`)
 """
 
 from __future__ import annotations
 
 import json
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -60,24 +62,28 @@ def markdown(ev: dict, judge: dict, train: dict, examples: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    params = load_params()
-    paths = params.paths
-    ev, judge, train = (json.loads(open(p).read()) for p in (paths.eval_metrics, paths.judge_metrics,
-                                                             paths.train_metrics))
-    records = read_jsonl(paths.eval_outputs, required=("id", "prompt", "base", "sft", "dpo"))
-    # Show the prompts where the models disagree most first: that is where DPO's effect is visible.
-    changed = [r for r in records if r["pairwise_dpo_vs_sft"]["outcome"] != "tie"]
-    examples = (changed + [r for r in records if r not in changed])[:params.eval.examples_in_report]
-    write_text(paths.report, markdown(ev, judge, train, examples))
-
+def print_table(ev: dict) -> None:
     table = Table(title="Base vs SFT vs SFT+DPO (95% CI)")
     for col in ("Metric", "Base", "SFT", "SFT+DPO", "Δ DPO over SFT"):
         table.add_column(col)
     for row in table_rows(ev):
         table.add_row(*row)
     Console(width=max(Console().width, 120)).print(table)
-    print(f"report: {paths.report}")
+
+
+def main() -> None:
+    params = load_params()
+    paths = params.paths
+    ev, judge, train = (json.loads(open(p).read()) for p in (paths.eval_metrics, paths.judge_metrics,
+                                                             paths.train_metrics))
+    if "--show" not in sys.argv[1:]:
+        records = read_jsonl(paths.eval_outputs, required=("id", "prompt", "base", "sft", "dpo"))
+        # Prompts where DPO and SFT were judged different come first: that is where DPO's effect shows.
+        changed = [r for r in records if r["pairwise_dpo_vs_sft"]["outcome"] != "tie"]
+        examples = (changed + [r for r in records if r not in changed])[:params.eval.examples_in_report]
+        write_text(paths.report, markdown(ev, judge, train, examples))
+        print(f"report: {paths.report}")
+    print_table(ev)
 
 
 if __name__ == "__main__":
