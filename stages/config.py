@@ -40,6 +40,7 @@ class Paths(Section):
     judge_metrics: str
     train_metrics: str
     eval_metrics: str
+    eval_ci: str
     train_live: str
     report: str
 

@@ -5,7 +5,8 @@
 All three models decode with the same params and seeds. Metrics (metrics/eval.json):
 format conformance, severity match and mean length per model ({metric: {base, sft, dpo}}), faithfulness
 (the judge's pointwise 1-5 score), and DPO vs SFT pairwise preference judged in both orders, with a 95%
-bootstrap CI over prompts. Per-prompt outputs, scores and verdicts go to `paths.eval_outputs`.
+bootstrap CI over prompts. The per-model 95% CIs go to `paths.eval_ci`; per-prompt outputs, scores and
+verdicts to `paths.eval_outputs`.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def main() -> None:
         outcomes.append(outcome)
         records.append(rec)
 
-    # --- aggregate: {metric: {base, sft, dpo}} for dvc metrics/exp show; the 95% CIs in their own block
+    # --- aggregate: {metric: {base, sft, dpo}} for dvc metrics/exp show; the 95% CIs in their own file,
+    # so `dvc exp show` stays readable
     keys = sorted(records[0]["base"].keys() - {"text", "tokens"})
     metrics: dict = {k: {m: round(float(np.mean([r[m][k] for r in records])), 4) for m in MODELS} for k in keys}
     metrics["mean_tokens"] = {m: round(float(np.mean([r[m]["tokens"] for r in records])), 2) for m in MODELS}
@@ -67,9 +69,10 @@ def main() -> None:
         lo, hi = bootstrap_ci(values, cfg.bootstrap_samples, params.seed)
         return {"low": round(lo, 4), "high": round(hi, 4)}
 
-    metrics["ci95"] = {k: {m: ci95([r[m][k] for r in records]) for m in MODELS} for k in keys}
     metrics["n_prompts"] = len(records)
+    intervals = {k: {m: ci95([r[m][k] for r in records]) for m in MODELS} for k in keys}
     write_jsonl(paths.eval_outputs, records)
+    write_json(paths.eval_ci, intervals)
     write_json(paths.eval_metrics, metrics)
     pw = metrics["pairwise_dpo_vs_sft"]
     print(f"[bold]eval[/]: DPO vs SFT win rate {pw['win_rate']} [{pw['ci_low']}, {pw['ci_high']}] over "

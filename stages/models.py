@@ -6,6 +6,7 @@ the folder `prepare` wrote, exactly as it would load a hub model.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -115,6 +116,17 @@ def load_dpo(paths: Paths) -> PreTrainedModel:
 def load_policy(name: str, paths: Paths) -> PreTrainedModel:
     model = {"base": load_base, "sft": load_sft, "dpo": load_dpo}[name](paths)
     return model.eval()
+
+
+def save_adapter(model: PreTrainedModel, out_dir: Path) -> None:
+    model.save_pretrained(out_dir)
+    # PEFT keeps target_modules as a set, so their order in adapter_config.json follows Python's per-process
+    # string hashing. Sorted, identical params give byte-identical adapters (and DVC hashes).
+    path = Path(out_dir) / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
 
 # ---------------------------------------------------------------------------------------------------------

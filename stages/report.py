@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -20,11 +21,11 @@ LABELS = {"format_conformance": "Format conformance", "severity_match": "Severit
           "faithfulness": "Faithfulness (judge, 1-5)", "mean_tokens": "Mean length (tokens)"}
 
 
-def table_rows(ev: dict) -> list[list[str]]:
+def table_rows(ev: dict, cis: dict) -> list[list[str]]:
     """[metric, base, sft, dpo, delta] cells; rates with their 95% CI."""
     rows = []
     for key, label in LABELS.items():
-        m, ci = ev[key], ev["ci95"].get(key)
+        m, ci = ev[key], cis.get(key)
         cell = lambda name: f"{m[name]:.2f}" + (f" [{ci[name]['low']:.2f}, {ci[name]['high']:.2f}]" if ci else "")  # noqa: E731
         rows.append([label, cell("base"), cell("sft"), cell("dpo"), f"{m['dpo'] - m['sft']:+.2f}"])
     pw = ev["pairwise_dpo_vs_sft"]
@@ -34,12 +35,12 @@ def table_rows(ev: dict) -> list[list[str]]:
     return rows
 
 
-def markdown(ev: dict, judge: dict, train: dict, examples: list[dict]) -> str:
+def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict]) -> str:
     pw = ev["pairwise_dpo_vs_sft"]
     lines = ["# Base vs SFT vs SFT+DPO", "",
              f"{ev['n_prompts']} held-out prompts; 95% bootstrap CIs over prompts in brackets.", "",
              "| Metric | Base | SFT | SFT+DPO | Δ DPO over SFT |", "|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(ev)]
+    lines += ["| " + " | ".join(r) + " |" for r in table_rows(ev, cis)]
     lines += ["", f"Pairwise DPO vs SFT, judged in both orders: {pw['wins']} wins, {pw['losses']} losses, "
               f"{pw['ties']} ties; win rate = (wins + ties/2) / n.", "",
               "## Preference data", "",
@@ -62,11 +63,11 @@ def markdown(ev: dict, judge: dict, train: dict, examples: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def print_table(ev: dict) -> None:
+def print_table(ev: dict, cis: dict) -> None:
     table = Table(title="Base vs SFT vs SFT+DPO (95% CI)")
     for col in ("Metric", "Base", "SFT", "SFT+DPO", "Δ DPO over SFT"):
         table.add_column(col)
-    for row in table_rows(ev):
+    for row in table_rows(ev, cis):
         table.add_row(*row)
     Console(width=max(Console().width, 120)).print(table)
 
@@ -74,16 +75,16 @@ def print_table(ev: dict) -> None:
 def main() -> None:
     params = load_params()
     paths = params.paths
-    ev, judge, train = (json.loads(open(p).read()) for p in (paths.eval_metrics, paths.judge_metrics,
-                                                             paths.train_metrics))
+    ev, cis, judge, train = (json.loads(Path(p).read_text()) for p in (
+        paths.eval_metrics, paths.eval_ci, paths.judge_metrics, paths.train_metrics))
     if "--show" not in sys.argv[1:]:
         records = read_jsonl(paths.eval_outputs, required=("id", "prompt", "base", "sft", "dpo"))
         # Prompts where DPO and SFT were judged different come first: that is where DPO's effect shows.
         changed = [r for r in records if r["pairwise_dpo_vs_sft"]["outcome"] != "tie"]
         examples = (changed + [r for r in records if r not in changed])[:params.eval.examples_in_report]
-        write_text(paths.report, markdown(ev, judge, train, examples))
+        write_text(paths.report, markdown(ev, cis, judge, train, examples))
         print(f"report: {paths.report}")
-    print_table(ev)
+    print_table(ev, cis)
 
 
 if __name__ == "__main__":

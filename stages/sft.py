@@ -14,10 +14,10 @@ import time
 from rich import print
 
 from stages import cli
+from stages.chat import assistant, user
 from stages.config import load_params
 from stages.files import atomic_path, read_jsonl
-from stages.chat import assistant, user
-from stages.models import device
+from stages.models import device, save_adapter
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
                              peft_config=lora)
         result = trainer.train()
     with atomic_path(paths.sft_model) as out:
-        trainer.model.save_pretrained(out)
+        save_adapter(trainer.model, out)
     print(f"[bold]sft[/]: {len(rows)} examples, loss {result.training_loss:.4f}, "
           f"{time.time() - start:.0f}s -> {paths.sft_model}")
 

@@ -21,6 +21,12 @@ from stages.config import load_params
 from stages.files import atomic_path, read_jsonl, write_json
 
 
+def without_timings(logs: dict) -> dict:
+    """Wall-clock keys (runtime, samples/s, steps/s) differ run to run; identical params must give
+    identical logged curves, so they are not logged."""
+    return {k: v for k, v in logs.items() if not k.endswith(("runtime", "per_second"))}
+
+
 def summarize(log_history: list[dict]) -> dict:
     """The numbers a reader checks: where rewards started, where margins and accuracies ended."""
     train = [h for h in log_history if "rewards/margins" in h]
@@ -46,7 +52,11 @@ def main() -> None:
     from transformers.integrations import DVCLiveCallback
     from trl import DPOConfig, DPOTrainer
 
-    from stages.models import device, load_policy, load_tokenizer
+    from stages.models import device, load_policy, load_tokenizer, save_adapter
+
+    class Callback(DVCLiveCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            super().on_log(args, state, control, logs=without_timings(logs or {}), **kwargs)
 
     set_seed(params.seed)
     # --- model & tokenizer: the SFT model (merged), a fresh LoRA goes on top
@@ -75,16 +85,17 @@ def main() -> None:
         live = Live(dir=paths.train_live, dvcyaml=None, save_dvc_exp=False)
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=split["train"],
                              eval_dataset=split["test"], processing_class=tokenizer, peft_config=lora,
-                             callbacks=[DVCLiveCallback(live=live)])
+                             callbacks=[Callback(live=live)])
         trainer.train()
         live.end()
+    # No wall-clock time in here: metrics must be identical for identical params.
     summary = {"pairs_train": len(split["train"]), "pairs_eval": len(split["test"]),
-               **summarize(trainer.state.log_history), "seconds": round(time.time() - start, 1)}
+               **summarize(trainer.state.log_history)}
     with atomic_path(paths.dpo_model) as out:
-        trainer.model.save_pretrained(out)
+        save_adapter(trainer.model, out)
     write_json(paths.train_metrics, summary)
     print(f"[bold]train[/]: margins {summary['first_step']['rewards/margins']} -> {summary['final']['rewards/margins']}, "
-          f"eval accuracy {summary['eval_final']['rewards/accuracies']} in {summary['seconds']}s -> {paths.dpo_model}")
+          f"eval accuracy {summary['eval_final']['rewards/accuracies']} in {time.time() - start:.0f}s -> {paths.dpo_model}")
 
 
 if __name__ == "__main__":
