@@ -7,7 +7,7 @@ import sys
 import warnings
 from typing import Callable
 
-from stages.config import UserError
+from stages.config import ServiceError, UserError
 
 
 def run(main: Callable[[], None]) -> None:
@@ -19,3 +19,6 @@ def run(main: Callable[[], None]) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

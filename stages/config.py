@@ -11,13 +11,18 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
 
 
 class UserError(Exception):
     """A mistake the user can fix (bad params, bad data). The entry point prints it as one line, exit 2."""
+
+
+class ServiceError(Exception):
+    """A remote service failed after retries, or a budget stopped the run; finished work is kept.
+    The entry point prints it as one line, exit 1."""
 
 
 class Section(BaseModel):
@@ -105,8 +110,33 @@ class SampleParams(Section):
         return v
 
 
+class Price(Section):
+    input_per_mtok: float = Field(ge=0)   # USD per million input tokens
+    output_per_mtok: float = Field(ge=0)
+
+
 class JudgeParams(Section):
-    backend: Literal["rubric"]
+    backend: Literal["rubric", "anthropic"]
+    # The rest applies to the anthropic backend.
+    model: str = Field(min_length=1)
+    base_url: str | None  # null: ANTHROPIC_BASE_URL if set, else the SDK's default
+    mode: Literal["online", "batch"]
+    concurrency: int = Field(ge=1)
+    max_retries: int = Field(ge=0)
+    timeout_s: float = Field(gt=0)
+    max_tokens: int = Field(ge=16)
+    temperature: float | None = Field(ge=0, le=1)  # null for Opus 4.7+, which rejects sampling params
+    max_cost_usd: float = Field(gt=0)
+    cache_dir: str = Field(min_length=1)
+    batch_poll_s: float = Field(gt=0)
+    batch_discount: float = Field(gt=0, le=1)
+    prices: dict[str, Price]
+
+    @model_validator(mode="after")
+    def priced(self) -> "JudgeParams":
+        if self.backend == "anthropic" and self.model not in self.prices:
+            raise ValueError(f"no price for judge.model {self.model!r}: add judge.prices.{self.model}")
+        return self
 
 
 class TrainParams(Lora):

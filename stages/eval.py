@@ -11,6 +11,8 @@ verdicts to `paths.eval_outputs`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from rich import print
 
@@ -29,7 +31,7 @@ def main() -> None:
     paths, cfg = params.paths, params.eval
     rows = read_jsonl(paths.eval_prompts, required=("id", "prompt"))
     task = get_task(params.task)
-    judge = make_judge(params.judge, task)
+    judge = make_judge(params.judge, task, Path(paths.policy).read_text())
 
     from stages.models import generate, load_policy, load_tokenizer
 
@@ -44,33 +46,42 @@ def main() -> None:
                                  seed=params.seed, label=f"eval {name}")
         del model
 
-    # --- score each response; judge DPO vs SFT in both orders
+    # --- score each response; judge DPO vs SFT in both orders (invalid judge answers are excluded)
+    scores = judge.score_all([(row["prompt"], outputs[m][i]["text"]) for m in MODELS for i, row in enumerate(rows)])
+    judged = pairwise_both_orders(judge, [(row["prompt"], outputs["dpo"][i]["text"], outputs["sft"][i]["text"])
+                                          for i, row in enumerate(rows)])
     records, outcomes = [], []
     for i, row in enumerate(rows):
         rec = {"id": row["id"], "prompt": row["prompt"]}
-        for name in MODELS:
-            text = outputs[name][i]["text"]
+        for k, name in enumerate(MODELS):
+            text, score = outputs[name][i]["text"], scores[k * len(rows) + i]
             rec[name] = {"text": text, "tokens": outputs[name][i]["tokens"],
                          **task.response_metrics(row["prompt"], text),
-                         "faithfulness": judge.score(row["prompt"], text).score}
-        verdict, _ = pairwise_both_orders(judge, row["prompt"], rec["dpo"]["text"], rec["sft"]["text"])
-        outcome = {"A": "win", "B": "loss", "tie": "tie"}[verdict.winner]
-        rec["pairwise_dpo_vs_sft"] = {"outcome": outcome, "reason": verdict.reason}
-        outcomes.append(outcome)
+                         "faithfulness": None if score is None else score.score}
+        verdict = judged[i].verdict
+        outcome = None if verdict is None else {"A": "win", "B": "loss", "tie": "tie"}[verdict.winner]
+        rec["pairwise_dpo_vs_sft"] = {"outcome": outcome, "reason": verdict and verdict.reason}
+        if outcome:
+            outcomes.append(outcome)
         records.append(rec)
 
     # --- aggregate: {metric: {base, sft, dpo}} for dvc metrics/exp show; the 95% CIs in their own file,
     # so `dvc exp show` stays readable
     keys = sorted(records[0]["base"].keys() - {"text", "tokens"})
-    metrics: dict = {k: {m: round(float(np.mean([r[m][k] for r in records])), 4) for m in MODELS} for k in keys}
-    metrics["mean_tokens"] = {m: round(float(np.mean([r[m]["tokens"] for r in records])), 2) for m in MODELS}
-    metrics["pairwise_dpo_vs_sft"] = pairwise_summary(outcomes, cfg.bootstrap_samples, params.seed)
-    def ci95(values: list[float]) -> dict:
-        lo, hi = bootstrap_ci(values, cfg.bootstrap_samples, params.seed)
+
+    def values(model: str, key: str) -> list[float]:
+        return [r[model][key] for r in records if r[model][key] is not None]
+
+    def ci95(xs: list[float]) -> dict:
+        lo, hi = bootstrap_ci(xs, cfg.bootstrap_samples, params.seed)
         return {"low": round(lo, 4), "high": round(hi, 4)}
 
+    metrics: dict = {k: {m: round(float(np.mean(values(m, k))), 4) for m in MODELS} for k in keys}
+    metrics["mean_tokens"] = {m: round(float(np.mean([r[m]["tokens"] for r in records])), 2) for m in MODELS}
+    metrics["pairwise_dpo_vs_sft"] = pairwise_summary(outcomes, cfg.bootstrap_samples, params.seed)
     metrics["n_prompts"] = len(records)
-    intervals = {k: {m: ci95([r[m][k] for r in records]) for m in MODELS} for k in keys}
+    metrics["judge"] = {"backend": judge.name, **judge.usage.as_metrics()}
+    intervals = {k: {m: ci95(values(m, k)) for m in MODELS} for k in keys}
     write_jsonl(paths.eval_outputs, records)
     write_json(paths.eval_ci, intervals)
     write_json(paths.eval_metrics, metrics)

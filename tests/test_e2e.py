@@ -53,10 +53,10 @@ def repo(tmp_path_factory, request) -> Path:
     return dest
 
 
-def sh(repo: Path, *cmd: str) -> str:
+def sh(repo: Path, *cmd: str, env: dict | None = None) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+           "GIT_COMMITTER_EMAIL": "t@t", **(env or {})}
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
@@ -114,3 +114,30 @@ def test_a_beta_experiment_reuses_samples_and_judgments(repo, reproduced):
         assert f"Running stage '{stage}'" not in out, out
     table = sh(repo, "dvc", "exp", "show", "--md", "--no-pager")
     assert "beta" in table and "0.3" in table and "0.1" in table and "severity_match" in table
+
+
+def test_claude_as_judge_end_to_end(repo, reproduced, tmp_path):
+    """judge.backend=anthropic against a Messages API server on 127.0.0.1, through dvc, with a key in the
+    environment only: the judge and eval stages use it, and the key is written nowhere."""
+    import uuid
+
+    from tests.fake_anthropic import FakeAnthropic
+    from tests.test_anthropic_judge import policy_answer
+
+    key = f"sk-ant-e2e-{uuid.uuid4().hex}"  # made here, so no source file holds it
+
+    with FakeAnthropic(policy_answer) as fake:
+        out = sh(repo, "dvc", "exp", "run", "-S", "judge.backend=anthropic", "-S", f"judge.base_url={fake.base_url}",
+                 "-S", f"judge.cache_dir={tmp_path / 'cache'}", env={"ANTHROPIC_API_KEY": key})
+        assert "Running stage 'judge'" in out and "Running stage 'sample'" not in out
+        assert fake.message_count > 0
+    judge = json.loads((repo / "metrics/judge.json").read_text())
+    assert judge["backend"] == "anthropic" and judge["usage"]["cost_usd"] > 0
+    assert judge["agreement_with_rubric"] == 1.0  # this server judges by the written policy
+    assert judge["invalid_rate"] == 0 and judge["position_consistency"] > 0.9
+    ev = json.loads((repo / "metrics/eval.json").read_text())
+    assert ev["judge"]["backend"] == "anthropic" and ev["judge"]["answers"] > 0
+    assert key not in out
+    for path in [*repo.rglob("*"), *(tmp_path / "cache").rglob("*")]:  # .git, .dvc and the cache included
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path

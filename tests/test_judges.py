@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stages.judge import build_pairs
+from stages.judge import agreement, build_pairs
 from stages.judges import RubricJudge, Verdict, pairwise_both_orders
 from stages.tasks import incident_triage
 
@@ -17,8 +17,17 @@ class FirstPositionJudge:
 
     name = "biased"
 
-    def pairwise(self, prompt, a, b):
-        return Verdict(winner="A", reason="first")
+    def pairwise_all(self, items):
+        return [Verdict(winner="A", reason="first") for _ in items]
+
+
+class InvalidJudge:
+    """A judge whose every answer failed validation."""
+
+    name = "invalid"
+
+    def pairwise_all(self, items):
+        return [None for _ in items]
 
 
 def test_rubric_pairwise_prefers_policy_and_schema():
@@ -30,13 +39,18 @@ def test_rubric_pairwise_prefers_policy_and_schema():
 
 
 def test_both_orders_agree_for_a_consistent_judge():
-    verdict, consistent = pairwise_both_orders(RubricJudge(incident_triage), REPORT, WRONG, GOOD)
-    assert verdict.winner == "B" and consistent
+    [judged] = pairwise_both_orders(RubricJudge(incident_triage), [(REPORT, WRONG, GOOD)])
+    assert judged.verdict.winner == "B" and judged.consistent
 
 
 def test_position_bias_becomes_a_tie():
-    verdict, consistent = pairwise_both_orders(FirstPositionJudge(), REPORT, GOOD, WRONG)
-    assert verdict.winner == "tie" and not consistent
+    [judged] = pairwise_both_orders(FirstPositionJudge(), [(REPORT, GOOD, WRONG)])
+    assert judged.verdict.winner == "tie" and not judged.consistent
+
+
+def test_an_invalid_answer_in_either_order_excludes_the_pair():
+    [judged] = pairwise_both_orders(InvalidJudge(), [(REPORT, GOOD, WRONG)])
+    assert judged.verdict is None
 
 
 def sample_row(i, a, b):
@@ -46,15 +60,25 @@ def sample_row(i, a, b):
 
 def test_build_pairs_keeps_winners_in_trl_format_and_counts_ties():
     samples = [sample_row(0, GOOD, WRONG), sample_row(1, BROKEN, GOOD), sample_row(2, GOOD, GOOD)]
-    pairs, counts = build_pairs(samples, RubricJudge(incident_triage))
+    pairs, _, counts = build_pairs(samples, RubricJudge(incident_triage))
     assert [p["id"] for p in pairs] == ["p0", "p1"]
     assert pairs[0]["prompt"] == [{"role": "user", "content": REPORT}]
     assert pairs[0]["chosen"] == [{"role": "assistant", "content": GOOD}]
     assert pairs[0]["rejected"] == [{"role": "assistant", "content": WRONG}]
     assert (pairs[1]["chosen_temperature"], pairs[1]["rejected_temperature"]) == (1.2, 0.7)
-    assert counts["ties"] == 1 and counts["calls"] == 6 and counts["position_consistent"] == 3
+    assert counts["ties"] == 1 and counts["position_consistent"] == 3
 
 
-def test_build_pairs_drops_position_inconsistent_verdicts():
-    pairs, counts = build_pairs([sample_row(0, GOOD, WRONG)], FirstPositionJudge())
+def test_build_pairs_drops_position_inconsistent_and_invalid_verdicts():
+    pairs, _, counts = build_pairs([sample_row(0, GOOD, WRONG)], FirstPositionJudge())
     assert pairs == [] and counts["ties"] == 1 and counts["position_consistent"] == 0
+    pairs, _, counts = build_pairs([sample_row(0, GOOD, WRONG)], InvalidJudge())
+    assert pairs == [] and counts["invalid"] == 1 and counts["ties"] == 0
+
+
+def test_agreement_between_judges():
+    same = pairwise_both_orders(RubricJudge(incident_triage), [(REPORT, GOOD, WRONG), (REPORT, WRONG, GOOD)])
+    biased = pairwise_both_orders(FirstPositionJudge(), [(REPORT, GOOD, WRONG), (REPORT, WRONG, GOOD)])
+    assert agreement(same, same) == 1.0
+    assert agreement(biased, same) == 0.0  # the biased judge ties both; the rubric picks a winner
+    assert agreement(pairwise_both_orders(InvalidJudge(), [(REPORT, GOOD, WRONG)]), same[:1]) is None

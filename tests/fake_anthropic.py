@@ -1,0 +1,218 @@
+"""A fake Anthropic API server for tests (stdlib only).
+
+Speaks enough of the Messages API (``POST /v1/messages``) and the Message Batches API
+(``POST /v1/messages/batches``, ``GET /v1/messages/batches/<id>`` and ``.../results``) that
+the official ``anthropic`` SDK can talk to it over real HTTP, even with
+``_strict_response_validation=True``.  Point a client at it with ``base_url=fake.base_url``.
+
+``answer(body)`` returns the ``input`` of the forced tool's ``tool_use`` block (the tool is
+``body["tool_choice"]["name"]``), or ``None`` for a plain-text ``end_turn`` reply.  ``faults`` is
+consumed one entry per ``POST /v1/messages`` (``"429"``, ``"529"``, ``"500"``, ``"slow"``,
+``"invalid"``, ``"refusal"``) to exercise retries, timeouts and validation.  Every request is
+recorded in ``requests``; created batches live in ``batches``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_ERRORS = {
+    "429": (429, "rate_limit_error", "Number of requests has exceeded your rate limit."),
+    "529": (529, "overloaded_error", "Overloaded"),
+    "500": (500, "api_error", "Internal server error"),
+}
+
+
+def _hex() -> str:
+    return uuid.uuid4().hex[:24]
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+class FakeAnthropic:
+    def __init__(self, answer, *, latency_s=0.0, slow_s=2.0, batch_polls=2):
+        self.answer = answer
+        self.latency_s = latency_s
+        self.slow_s = slow_s
+        self.batch_polls = batch_polls
+        self.faults: list[str] = []
+        self.requests: list[dict] = []
+        self.batches: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.base_url = ""
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def __enter__(self) -> "FakeAnthropic":
+        fake = self
+
+        class Handler(_Handler):
+            pass
+
+        Handler.fake = fake
+        server_cls = type("_Server", (ThreadingHTTPServer,), {"request_queue_size": 128})  # default 5 drops bursts
+        self._server = server_cls(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._server.block_on_close = False
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    @property
+    def message_count(self) -> int:
+        with self._lock:
+            return sum(1 for r in self.requests if r["method"] == "POST" and r["path"] == "/v1/messages")
+
+    # ---- response builders -----------------------------------------------------------
+    def _next_fault(self) -> str | None:
+        with self._lock:
+            return self.faults.pop(0) if self.faults else None
+
+    def make_message(self, body: dict, fault: str | None = None, service_tier: str = "standard") -> dict:
+        choice = body.get("tool_choice") or {}
+        tool = choice.get("name") or next((t.get("name") for t in body.get("tools") or []), "tool")
+        stop = "tool_use"
+        if fault == "refusal":
+            content, stop = [{"type": "text", "text": "I can't help with that.", "citations": None}], "refusal"
+        elif fault == "invalid":
+            content = [{"type": "tool_use", "id": f"toolu_{_hex()}", "name": tool, "input": {"winner": "C", "score": 9}}]
+        else:
+            tool_input = self.answer(body)
+            if tool_input is None:
+                content, stop = [{"type": "text", "text": "OK.", "citations": None}], "end_turn"
+            else:
+                content = [{"type": "tool_use", "id": f"toolu_{_hex()}", "name": tool, "input": tool_input}]
+        return {
+            "id": f"msg_{_hex()}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "claude-fake"),
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": max(1, len(json.dumps(body)) // 4),
+                "output_tokens": 25,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "server_tool_use": None,
+                "service_tier": service_tier,
+            },
+        }
+
+    def _batch_view(self, b: dict) -> dict:
+        ended = b["polls"] >= self.batch_polls
+        n = len(b["requests"])
+        return {
+            "id": b["id"],
+            "type": "message_batch",
+            "processing_status": "ended" if ended else "in_progress",
+            "request_counts": {"processing": 0 if ended else n, "succeeded": n if ended else 0,
+                               "errored": 0, "canceled": 0, "expired": 0},
+            "created_at": _iso(b["created"]),
+            "expires_at": _iso(b["created"] + 86400),
+            "ended_at": _iso(b["ended"]) if ended and b["ended"] else None,
+            "archived_at": None,
+            "cancel_initiated_at": None,
+            "results_url": f"{self.base_url}/v1/messages/batches/{b['id']}/results" if ended else None,
+        }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle's algorithm and the client's delayed ACK that
+    # adds ~40 ms to a keep-alive answer, which a latency benchmark would blame on the client.
+    disable_nagle_algorithm = True
+    fake: FakeAnthropic
+
+    def log_message(self, *args) -> None:  # keep test output quiet
+        pass
+
+    def _send(self, status: int, payload, content_type="application/json", headers=None) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(data)))
+            self.send_header("request-id", f"req_{_hex()}")
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # client gave up (e.g. timeout)
+            self.close_connection = True
+
+    def _error(self, status: int, etype: str, message: str, headers=None) -> None:
+        self._send(status, {"type": "error", "error": {"type": etype, "message": message}}, headers=headers)
+
+    def _record(self):
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        path = self.path.split("?", 1)[0]
+        with self.fake._lock:
+            self.fake.requests.append({"method": self.command, "path": path,
+                                       "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+        return path, body
+
+    def do_POST(self) -> None:
+        fake = self.fake
+        path, body = self._record()
+        if path == "/v1/messages":
+            fault = fake._next_fault()
+            time.sleep(fake.latency_s)
+            if fault in _ERRORS:
+                status, etype, msg = _ERRORS[fault]
+                return self._error(status, etype, msg, {"retry-after": "0"} if fault == "429" else None)
+            if fault == "slow":
+                time.sleep(fake.slow_s)
+            if not isinstance(body, dict):
+                return self._error(400, "invalid_request_error", "Body must be a JSON object.")
+            return self._send(200, fake.make_message(body, fault))
+        if path == "/v1/messages/batches":
+            if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
+                return self._error(400, "invalid_request_error", "requests: field required")
+            b = {"id": f"msgbatch_{_hex()}", "requests": body["requests"], "polls": 0,
+                 "created": time.time(), "ended": None}
+            with fake._lock:
+                fake.batches[b["id"]] = b
+                view = fake._batch_view(b)
+            return self._send(200, view)
+        self._error(404, "not_found_error", f"Not found: POST {path}")
+
+    def do_GET(self) -> None:
+        fake = self.fake
+        path, _ = self._record()
+        parts = path.strip("/").split("/")
+        if len(parts) in (4, 5) and parts[:3] == ["v1", "messages", "batches"] and parts[3] in fake.batches:
+            b = fake.batches[parts[3]]
+            if len(parts) == 4:
+                with fake._lock:
+                    b["polls"] += 1
+                    if b["polls"] >= fake.batch_polls and b["ended"] is None:
+                        b["ended"] = time.time()
+                    view = fake._batch_view(b)
+                return self._send(200, view)
+            if parts[4] == "results" and b["ended"] is not None:
+                lines = [json.dumps({"custom_id": r["custom_id"], "result": {
+                    "type": "succeeded", "message": fake.make_message(r["params"], service_tier="batch")}})
+                    for r in b["requests"]]
+                return self._send(200, ("\n".join(lines) + "\n").encode(), "application/x-jsonl")
+        self._error(404, "not_found_error", f"Not found: GET {path}")
