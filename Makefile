@@ -1,5 +1,5 @@
-# make run   : create .venv, install pinned dependencies, run the whole pipeline (dvc repro); the report
-#              stage prints the 3-way table
+# make run   : create .venv, install pinned dependencies, run the whole pipeline (dvc repro) and print
+#              the 3-way table
 # make show  : print the table of the current metrics again
 # make test  : create .venv, install, run the test suite
 # make data  : regenerate the shipped data/ files from params.yaml's `data` section
@@ -11,13 +11,14 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 run: install
 	dvc repro
+	python -m stages.report --show
 
 show: install
 	python -m stages.report --show

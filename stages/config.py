@@ -69,6 +69,12 @@ class TinyModel(Section):
     learning_rate: float = Field(gt=0)
     batch_size: int = Field(gt=0)
 
+    @model_validator(mode="after")
+    def heads_divide_hidden(self) -> "TinyModel":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
+        return self
+
 
 class ModelParams(Section):
     base: str = Field(min_length=1)

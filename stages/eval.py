@@ -82,6 +82,9 @@ def main() -> None:
     metrics["n_prompts"] = len(records)
     metrics["judge"] = {"backend": judge.name, **judge.usage.as_metrics()}
     intervals = {k: {m: ci95(values(m, k)) for m in MODELS} for k in keys}
+    for k in keys:  # paired over prompts: the CI of DPO's gain on the same prompts
+        both = [r["dpo"][k] - r["sft"][k] for r in records if r["dpo"][k] is not None and r["sft"][k] is not None]
+        intervals[k]["delta_dpo_sft"] = ci95(both)
     write_jsonl(paths.eval_outputs, records)
     write_json(paths.eval_ci, intervals)
     write_json(paths.eval_metrics, metrics)

@@ -14,13 +14,21 @@ from typing import Iterator
 from stages.config import UserError
 
 
-def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
+TEXT = ("id", "prompt", "response")
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...] = (), strings: tuple[str, ...] = TEXT) -> list[dict]:
+    """Rows of a JSONL file; every `required` field present, those also in `strings` strings."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: not found")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{lineno}: not UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -29,9 +37,12 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
                 raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise UserError(f"{path}:{lineno}: missing field {missing[0]!r}")
+            for key in required:
+                if key not in row:
+                    raise UserError(f"{path}:{lineno}: missing field {key!r}")
+                if key in strings and not isinstance(row[key], str):
+                    raise UserError(f"{path}:{lineno}: field {key!r} must be a string, got "
+                                    f"{type(row[key]).__name__}")
             rows.append(row)
     if not rows:
         raise UserError(f"{path}: no rows")

@@ -47,8 +47,8 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerBas
 
 def train_tiny_base(texts: list[str], cfg: ModelParams, seed: int, out_dir: Path) -> dict:
     from datasets import Dataset
-    from transformers import (DataCollatorForLanguageModeling, LlamaConfig, LlamaForCausalLM, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import (DataCollatorForLanguageModeling, LlamaConfig, LlamaForCausalLM, PrinterCallback,
+                              Trainer, TrainingArguments, set_seed)
 
     set_seed(seed)
     t = cfg.tiny
@@ -72,6 +72,7 @@ def train_tiny_base(texts: list[str], cfg: ModelParams, seed: int, out_dir: Path
         )
         trainer = Trainer(model=model, args=args, train_dataset=ds,
                           data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+        trainer.remove_callback(PrinterCallback)
         result = trainer.train()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

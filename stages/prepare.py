@@ -28,6 +28,7 @@ def main() -> None:
         task = get_task(params.task)
         rows = read_jsonl(paths.sft_data, required=("prompt", "response"))
         texts = [task.pretrain_text(r["prompt"], r["response"]) for r in rows]
+        print(f"[bold]prepare[/]: training {cfg.base} from scratch on {len(texts)} documents ...")
         with atomic_path(paths.base_model) as out:
             info = train_tiny_base(texts, cfg, params.seed, out)
     else:

@@ -1,7 +1,7 @@
 """Write reports/report.md and print the 3-way comparison in the terminal.
 
     python -m stages.report         (run by `dvc repro` as stage `report`)
-    python -m stages.report --show  (only print the table of the current metrics: `make show`)
+    python -m stages.report --show  (print the table of the current metrics; `make run` ends with it)
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ def table_rows(ev: dict, cis: dict) -> list[list[str]]:
     for key, label in LABELS.items():
         m, ci = ev[key], cis.get(key)
         cell = lambda name: f"{m[name]:.2f}" + (f" [{ci[name]['low']:.2f}, {ci[name]['high']:.2f}]" if ci else "")  # noqa: E731
-        rows.append([label, cell("base"), cell("sft"), cell("dpo"), f"{m['dpo'] - m['sft']:+.2f}"])
+        delta = f"{m['dpo'] - m['sft']:+.2f}"
+        if ci and "delta_dpo_sft" in ci:
+            delta += f" [{ci['delta_dpo_sft']['low']:+.2f}, {ci['delta_dpo_sft']['high']:+.2f}]"
+        rows.append([label, cell("base"), cell("sft"), cell("dpo"), delta])
     pw = ev["pairwise_dpo_vs_sft"]
     rows.append(["Preferred (judge pairwise, DPO vs SFT)", "-", "-",
                  f"{pw['win_rate']:.1%} [{pw['ci_low']:.1%}, {pw['ci_high']:.1%}]",
@@ -83,8 +86,9 @@ def main() -> None:
         changed = [r for r in records if r["pairwise_dpo_vs_sft"]["outcome"] != "tie"]
         examples = (changed + [r for r in records if r not in changed])[:params.eval.examples_in_report]
         write_text(paths.report, markdown(ev, cis, judge, train, examples))
-        print(f"report: {paths.report}")
-    print_table(ev, cis)
+        print(f"report: {paths.report} (the table: python -m stages.report --show)")
+    else:
+        print_table(ev, cis)
 
 
 if __name__ == "__main__":

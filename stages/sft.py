@@ -28,7 +28,7 @@ def main() -> None:
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
-    from transformers import set_seed
+    from transformers import PrinterCallback, set_seed
 
     from stages.models import load_base, load_tokenizer
 
@@ -40,6 +40,7 @@ def main() -> None:
     ds = Dataset.from_list([{"prompt": user(r["prompt"]), "completion": assistant(r["response"])} for r in rows])
     # --- training
     start = time.time()
+    print(f"[bold]sft[/]: training a LoRA adapter on {len(rows)} examples ...")
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(
             output_dir=tmp, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
@@ -51,6 +52,7 @@ def main() -> None:
                           target_modules="all-linear", task_type="CAUSAL_LM")
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
                              peft_config=lora)
+        trainer.remove_callback(PrinterCallback)
         result = trainer.train()
     with atomic_path(paths.sft_model) as out:
         save_adapter(trainer.model, out)

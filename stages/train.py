@@ -11,13 +11,14 @@ Training curves go through transformers' DVCLive callback to `paths.train_live` 
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 
 from rich import print
 
 from stages import cli
-from stages.config import load_params
+from stages.config import UserError, load_params
 from stages.files import atomic_path, read_jsonl, write_json
 
 
@@ -43,12 +44,12 @@ def summarize(log_history: list[dict]) -> dict:
 def main() -> None:
     params = load_params()
     paths, cfg = params.paths, params.train
-    rows = read_jsonl(paths.preferences, required=("prompt", "chosen", "rejected"))
+    rows = read_jsonl(paths.preferences, required=("prompt", "chosen", "rejected"), strings=())  # message lists
 
     from datasets import Dataset
     from dvclive import Live
     from peft import LoraConfig
-    from transformers import set_seed
+    from transformers import PrinterCallback, set_seed
     from transformers.integrations import DVCLiveCallback
     from trl import DPOConfig, DPOTrainer
 
@@ -56,17 +57,25 @@ def main() -> None:
 
     class Callback(DVCLiveCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
+            # Plot against the optimizer step: train and eval logs of one step share an x value.
+            if self.live is not None:
+                self.live.step = state.global_step
             super().on_log(args, state, control, logs=without_timings(logs or {}), **kwargs)
 
     set_seed(params.seed)
-    # --- model & tokenizer: the SFT model (merged), a fresh LoRA goes on top
-    tokenizer = load_tokenizer(paths.base_model)
-    model = load_policy("sft", paths).train()
     # --- dataset: a seeded held-out slice for the validation reward gap
     ds = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
     split = ds.train_test_split(test_size=cfg.eval_fraction, seed=params.seed)
+    steps = math.ceil(len(split["train"]) / cfg.batch_size) * cfg.epochs
+    if cfg.logging_steps > steps:
+        raise UserError(f"train.logging_steps ({cfg.logging_steps}) is more than the {steps:.0f} optimizer steps "
+                        f"of this run ({len(split['train'])} pairs): nothing would be logged")
+    # --- model & tokenizer: the SFT model (merged), a fresh LoRA goes on top
+    tokenizer = load_tokenizer(paths.base_model)
+    model = load_policy("sft", paths).train()
     # --- training
     start = time.time()
+    print(f"[bold]train[/]: DPO on {len(split['train'])} pairs, beta {cfg.beta}, {steps:.0f} steps ...")
     with tempfile.TemporaryDirectory() as tmp:
         args = DPOConfig(
             output_dir=tmp, beta=cfg.beta, learning_rate=cfg.learning_rate,
@@ -86,6 +95,7 @@ def main() -> None:
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=split["train"],
                              eval_dataset=split["test"], processing_class=tokenizer, peft_config=lora,
                              callbacks=[Callback(live=live)])
+        trainer.remove_callback(PrinterCallback)  # the log dicts go to dvclive, not the terminal
         trainer.train()
         live.end()
     # No wall-clock time in here: metrics must be identical for identical params.

@@ -95,3 +95,31 @@ def test_a_missing_field_names_file_line_and_field(workdir):
     proc = run_stage("eval", workdir)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: data/eval.jsonl:2: missing field 'prompt'"
+
+
+def test_bad_bytes_and_mistyped_fields_name_file_and_line(workdir):
+    (workdir / "data" / "eval.jsonl").write_bytes(b'{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "\xff"}\n')
+    proc = run_stage("eval", workdir)
+    assert (proc.returncode, proc.stderr.strip()) == (2, "error: data/eval.jsonl:2: not UTF-8")
+    (workdir / "data" / "eval.jsonl").write_text('{"id": "a", "prompt": 123}\n')
+    proc = run_stage("eval", workdir)
+    assert (proc.returncode, proc.stderr.strip()) == (2, "error: data/eval.jsonl:1: field 'prompt' must be a "
+                                                         "string, got int")
+
+
+def test_logging_steps_beyond_the_run_is_refused_before_training(workdir):
+    pair = ('{"prompt": [{"role": "user", "content": "x"}], "chosen": [{"role": "assistant", "content": "a"}], '
+            '"rejected": [{"role": "assistant", "content": "b"}]}\n')
+    (workdir / "artifacts").mkdir()
+    (workdir / "artifacts" / "preferences.jsonl").write_text(pair * 20)
+    text = (workdir / "params.yaml").read_text().replace("logging_steps: 2", "logging_steps: 500")
+    (workdir / "params.yaml").write_text(text)
+    proc = run_stage("train", workdir)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: train.logging_steps (500) is more than the 6 optimizer steps")
+
+
+def test_tiny_model_heads_must_divide_hidden_size(root, tmp_path):
+    with pytest.raises(UserError, match="model.tiny: Value error, hidden_size \\(100\\) must be a multiple of "
+                                        "num_heads \\(3\\)"):
+        load_params(edited(root, tmp_path, lambda r: r["model"]["tiny"].update(hidden_size=100, num_heads=3)))

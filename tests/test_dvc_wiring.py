@@ -46,8 +46,12 @@ def stage_imports(module: str, root: Path, seen: set[str] | None = None) -> set[
     rel = Path(*module.split("."))
     path = root / rel.with_suffix(".py") if (root / rel.with_suffix(".py")).exists() else root / rel / "__init__.py"
     for node in ast.walk(ast.parse(path.read_text())):
-        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
-            [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module == "stages":  # from stages import models
+            names = [f"stages.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        else:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
         for name in names:
             if name.startswith("stages") and name not in seen:
                 seen.add(name)
@@ -80,3 +84,19 @@ def test_dvc_resolves_the_pipeline(root):
     assert list(stages) == ["prepare", "sft", "sample", "judge", "train", "eval", "report"]
     outs = {str(o.def_path) for s in stages.values() for o in s.outs}
     assert {"models/dpo", "metrics/eval.json", "reports/report.md"} <= outs
+
+
+def test_committed_lock_matches_the_code(root):
+    """The committed dvc.lock is the baseline every diff compares against: it must record the code as it
+    is, or `dvc status` on a fresh clone reports stages changed that nobody touched."""
+    import hashlib
+
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    stale = []
+    for name, stage in lock["stages"].items():
+        for dep in stage["deps"]:
+            path = root / dep["path"]
+            if dep["path"].startswith(("stages/", "data/")) and path.is_file():
+                if hashlib.md5(path.read_bytes()).hexdigest() != dep["md5"]:
+                    stale.append(f"{name}: {dep['path']}")
+    assert not stale, f"run `dvc repro` and commit dvc.lock; stale: {stale}"

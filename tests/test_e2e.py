@@ -71,7 +71,8 @@ def reproduced(repo) -> str:
 
 
 def test_repro_writes_the_three_way_comparison(repo, reproduced):
-    assert "Base vs SFT vs SFT+DPO" in reproduced  # the rich table in the terminal
+    assert "report: reports/report.md" in reproduced
+    assert "Base vs SFT vs SFT+DPO" in sh(repo, "python", "-m", "stages.report", "--show")  # what make run prints
     ev = json.loads((repo / "metrics/eval.json").read_text())
     for metric in ("format_conformance", "severity_match", "faithfulness", "mean_tokens"):
         assert set(ev[metric]) == {"base", "sft", "dpo"}, metric
@@ -104,7 +105,10 @@ def test_same_params_same_outputs(repo, reproduced):
 def test_dvc_reads_the_committed_results(repo, reproduced):
     assert "pairwise_dpo_vs_sft.win_rate" in sh(repo, "dvc", "metrics", "show")
     sh(repo, "dvc", "params", "diff")
-    assert "rewards" in sh(repo, "dvc", "plots", "show", "--json")
+    plots = json.loads(sh(repo, "dvc", "plots", "show", "--json"))
+    margins = next(v for k, v in plots["data"].items() if k.startswith("Reward margin"))
+    points = [p for entry in margins for p in entry["content"]["data"]["values"]]
+    assert len(points) > 2 and all("margins" in p and "step" in p for p in points)
 
 
 def test_a_beta_experiment_reuses_samples_and_judgments(repo, reproduced):
