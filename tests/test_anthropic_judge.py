@@ -270,3 +270,12 @@ def test_killed_midway_then_rerun_requests_only_the_unfinished(tmp_path):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
     assert KEY not in out + err
+
+
+def test_anthropic_base_url_from_the_environment(tmp_path, monkeypatch):
+    """With judge.base_url null, ANTHROPIC_BASE_URL (a proxy, say) is where requests go."""
+    with FakeAnthropic(policy_answer) as fake:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.base_url)
+        judge = judge_with(params_for(tmp_path, base_url=None))
+        [score] = judge.score_all([(REPORT, GOOD)])
+        assert score.score == 5 and fake.message_count == 1
