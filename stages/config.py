@@ -151,6 +151,9 @@ class TrainParams(Lora):
     sft_weight: float = Field(ge=0)
     eval_fraction: float = Field(gt=0, lt=1)
     logging_steps: int = Field(gt=0)
+    kl_every: int = Field(gt=0)
+    kl_prompts: int = Field(gt=0)
+    kl_max_new_tokens: int = Field(gt=0)
 
 
 class EvalParams(Section):
@@ -159,7 +162,17 @@ class EvalParams(Section):
     max_new_tokens: int = Field(gt=0)
     batch_size: int = Field(gt=0)
     bootstrap_samples: int = Field(ge=100)
-    examples_in_report: int = Field(ge=0)
+
+
+class ReportParams(Section):
+    """Thresholds of the report's diagnostics (stages/diagnostics.py)."""
+
+    examples: int = Field(ge=0)             # held-out prompts shown side by side
+    flat_margin: float = Field(ge=0)        # validation reward margin below this ...
+    flat_accuracy: float = Field(gt=0, le=1)  # ... with accuracy below this: no preference learning
+    kl_drift: float = Field(gt=0)           # nats per sequence
+    kl_spike: float = Field(gt=1)           # max KL over final KL
+    length_ratio: float = Field(gt=1)       # DPO length over SFT length
 
 
 class Params(Section):
@@ -173,6 +186,7 @@ class Params(Section):
     judge: JudgeParams
     train: TrainParams
     eval: EvalParams
+    report: ReportParams
 
 
 def _one_line(err: ValidationError, file: str) -> str:

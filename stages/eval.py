@@ -3,7 +3,8 @@
     python -m stages.eval           (run by `dvc repro` as stage `eval`)
 
 All three models decode with the same params and seeds. Metrics (metrics/eval.json):
-format conformance, severity match and mean length per model ({metric: {base, sft, dpo}}), faithfulness
+format conformance, severity match and mean length per model ({metric: {base, sft, dpo}}), KL(SFT+DPO || SFT)
+on the eval prompts, faithfulness
 (the judge's pointwise 1-5 score), and DPO vs SFT pairwise preference judged in both orders, with a 95%
 bootstrap CI over prompts. The per-model 95% CIs go to `paths.eval_ci`; per-prompt outputs, scores and
 verdicts to `paths.eval_outputs`.
@@ -33,7 +34,7 @@ def main() -> None:
     task = get_task(params.task)
     judge = make_judge(params.judge, task, Path(paths.policy).read_text())
 
-    from stages.models import generate, load_policy, load_tokenizer
+    from stages.models import generate, load_policy, load_tokenizer, sequence_kl
 
     # --- generate with each model, same prompts, decoding params and seeds
     tokenizer = load_tokenizer(paths.base_model)
@@ -44,6 +45,8 @@ def main() -> None:
         outputs[name] = generate(model, tokenizer, prompts, temperature=cfg.temperature, top_p=cfg.top_p,
                                  max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                  seed=params.seed, label=f"eval {name}")
+        if name == "dpo":  # KL(SFT+DPO || SFT): the DPO adapter disabled is exactly the SFT model
+            kl = sequence_kl(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, seed=params.seed)
         del model
 
     # --- score each response; judge DPO vs SFT in both orders (invalid judge answers are excluded)
@@ -79,6 +82,7 @@ def main() -> None:
     metrics: dict = {k: {m: round(float(np.mean(values(m, k))), 4) for m in MODELS} for k in keys}
     metrics["mean_tokens"] = {m: round(float(np.mean([r[m]["tokens"] for r in records])), 2) for m in MODELS}
     metrics["pairwise_dpo_vs_sft"] = pairwise_summary(outcomes, cfg.bootstrap_samples, params.seed)
+    metrics["kl_dpo_vs_sft"] = {k: round(v, 4) for k, v in kl.items()}
     metrics["n_prompts"] = len(records)
     metrics["judge"] = {"backend": judge.name, **judge.usage.as_metrics()}
     intervals = {k: {m: ci95(values(m, k)) for m in MODELS} for k in keys}

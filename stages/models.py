@@ -172,3 +172,49 @@ def load_pretrained(name_or_path: str, out_dir: Path) -> dict:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return {"params": sum(p.numel() for p in model.parameters())}
+
+
+@torch.no_grad()
+def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, max_new_tokens: int, seed: int,
+                batch_size: int = 64) -> dict:
+    """Monte-Carlo KL(policy || reference) for a PEFT model whose reference is the model with its adapter
+    disabled: sample y ~ policy(.|x) at temperature 1, sum log policy(y_t) - log reference(y_t) over y's tokens,
+    average over sequences ("kl"); "kl_per_token" divides by the tokens instead."""
+    was_training = model.training
+    model.eval()
+    tokenizer.padding_side = "left"
+    total, tokens = 0.0, 0
+    # Sampling reseeds torch; fork the RNG so a measurement during training leaves training's draws alone.
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        for start in range(0, len(prompts), batch_size):
+            torch.manual_seed(seed + start)
+            batch_total, batch_tokens = _log_ratio(model, tokenizer, prompts[start:start + batch_size],
+                                                   max_new_tokens)
+            total, tokens = total + batch_total, tokens + batch_tokens
+    model.train(was_training)
+    return {"kl": total / len(prompts), "kl_per_token": total / max(tokens, 1)}
+
+
+@torch.no_grad()
+def _log_ratio(model, tokenizer, prompts: list[str], max_new_tokens: int) -> tuple[float, int]:
+    """Sum over sampled responses of log policy - log reference, and the number of response tokens."""
+    texts = [tokenizer.apply_chat_template(user(p), tokenize=False, add_generation_prompt=True) for p in prompts]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    seqs = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens,
+                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    prompt_len = enc["input_ids"].shape[1]
+    gen = seqs[:, prompt_len:]
+    # A response's tokens run up to and including its first end-of-sequence token; the rest is padding.
+    is_eos = (gen == tokenizer.eos_token_id).long()
+    response = (is_eos.cumsum(1) - is_eos) == 0
+    mask = torch.cat([enc["attention_mask"], response.long()], dim=1)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)  # left padding: positions count real tokens only
+
+    def logprobs() -> torch.Tensor:
+        logits = model(input_ids=seqs, attention_mask=mask, position_ids=positions).logits[:, prompt_len - 1:-1]
+        return torch.log_softmax(logits.float(), -1).gather(-1, gen.unsqueeze(-1)).squeeze(-1)
+
+    policy = logprobs()
+    with model.disable_adapter():
+        reference = logprobs()
+    return ((policy - reference) * response).sum().item(), int(response.sum().item())

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from stages import cli
-from stages.config import load_params
+from stages.config import ReportParams, load_params
+from stages.diagnostics import diagnose, healthy_evidence, reflection
 from stages.files import read_jsonl, write_text
 
 LABELS = {"format_conformance": "Format conformance", "severity_match": "Severity match",
@@ -38,7 +39,7 @@ def table_rows(ev: dict, cis: dict) -> list[list[str]]:
     return rows
 
 
-def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict]) -> str:
+def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict], cfg: ReportParams) -> str:
     pw = ev["pairwise_dpo_vs_sft"]
     lines = ["# Base vs SFT vs SFT+DPO", "",
              f"{ev['n_prompts']} held-out prompts; 95% bootstrap CIs over prompts in brackets.", "",
@@ -55,14 +56,21 @@ def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict]
               f"{train['final']['rewards/accuracies']}.",
               f"- Validation ({train['pairs_eval']} held-out pairs): reward gap "
               f"{train['eval_first']['rewards/margins']} -> {train['eval_final']['rewards/margins']}, accuracy "
-              f"{train['eval_final']['rewards/accuracies']}.", "",
-              "## Examples", ""]
+              f"{train['eval_final']['rewards/accuracies']}.",
+              f"- KL from the SFT reference: {train['kl']['final']} nats per sequence at the end (max "
+              f"{train['kl']['max']}); on the eval prompts KL(SFT+DPO || SFT) = {ev['kl_dpo_vs_sft']['kl']}.", "",
+              "## Diagnostics", ""]
+    findings = diagnose(ev, cis, train, cfg)
+    lines += [f"- **{f.rule}**: {f.evidence}. Try: {f.advice}." for f in findings] or [
+        f"- **Healthy run**: {healthy_evidence(ev, cis, train)}."]
+    lines += ["", "## Examples", ""]
     for ex in examples:
         lines += [f"**{ex['id']}**: {ex['prompt']}", "", "| Model | Output | Score |", "|---|---|---|"]
         for name, label in (("base", "Base"), ("sft", "SFT"), ("dpo", "SFT+DPO")):
             text = ex[name]["text"].replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {label} | `{text}` | {ex[name]['faithfulness']} |")
         lines.append("")
+    lines += ["## What DPO did to my model, and what it didn't", "", *reflection(ev, cis, train), ""]
     return "\n".join(lines)
 
 
@@ -84,8 +92,8 @@ def main() -> None:
         records = read_jsonl(paths.eval_outputs, required=("id", "prompt", "base", "sft", "dpo"))
         # Prompts where DPO and SFT were judged different come first: that is where DPO's effect shows.
         changed = [r for r in records if r["pairwise_dpo_vs_sft"]["outcome"] != "tie"]
-        examples = (changed + [r for r in records if r not in changed])[:params.eval.examples_in_report]
-        write_text(paths.report, markdown(ev, cis, judge, train, examples))
+        examples = (changed + [r for r in records if r not in changed])[:params.report.examples]
+        write_text(paths.report, markdown(ev, cis, judge, train, examples, params.report))
         print(f"report: {paths.report} (the table: python -m stages.report --show)")
     else:
         print_table(ev, cis)

@@ -49,11 +49,27 @@ def main() -> None:
     from datasets import Dataset
     from dvclive import Live
     from peft import LoraConfig
-    from transformers import PrinterCallback, set_seed
+    from transformers import PrinterCallback, TrainerCallback, set_seed
     from transformers.integrations import DVCLiveCallback
     from trl import DPOConfig, DPOTrainer
 
-    from stages.models import device, load_policy, load_tokenizer, save_adapter
+    from stages.models import device, load_policy, load_tokenizer, save_adapter, sequence_kl
+
+    class KLMonitor(TrainerCallback):
+        """Every `train.kl_every` steps: KL(policy || SFT reference) on held-out prompts, logged beside rewards."""
+
+        def __init__(self, prompts: list[str]):
+            self.prompts, self.history = prompts, []
+
+        def measure(self, model, step: int) -> None:
+            kl = sequence_kl(model, tokenizer, self.prompts, max_new_tokens=cfg.kl_max_new_tokens, seed=params.seed)
+            self.history.append({"step": step, **kl})
+            live.step = step
+            live.log_metric("kl", kl["kl"])
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % cfg.kl_every == 0 or state.global_step == state.max_steps:
+                self.measure(model, state.global_step)
 
     class Callback(DVCLiveCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -92,19 +108,26 @@ def main() -> None:
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules="all-linear", task_type="CAUSAL_LM")
         live = Live(dir=paths.train_live, dvcyaml=None, save_dvc_exp=False)
+        kl_monitor = KLMonitor([r["prompt"][0]["content"] for r in split["test"]][:cfg.kl_prompts])
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=split["train"],
                              eval_dataset=split["test"], processing_class=tokenizer, peft_config=lora,
-                             callbacks=[Callback(live=live)])
+                             callbacks=[Callback(live=live), kl_monitor])
         trainer.remove_callback(PrinterCallback)  # the log dicts go to dvclive, not the terminal
+        kl_monitor.measure(trainer.model, 0)  # 0 by construction: the fresh adapter starts as the reference
         trainer.train()
         live.end()
     # No wall-clock time in here: metrics must be identical for identical params.
     summary = {"pairs_train": len(split["train"]), "pairs_eval": len(split["test"]),
-               **summarize(trainer.state.log_history)}
+               **summarize(trainer.state.log_history),
+               "kl": {"final": round(kl_monitor.history[-1]["kl"], 4),
+                      "max": round(max(h["kl"] for h in kl_monitor.history), 4),
+                      "final_per_token": round(kl_monitor.history[-1]["kl_per_token"], 5),
+                      "prompts": len(kl_monitor.prompts)}}
     with atomic_path(paths.dpo_model) as out:
         save_adapter(trainer.model, out)
     write_json(paths.train_metrics, summary)
     print(f"[bold]train[/]: margins {summary['first_step']['rewards/margins']} -> {summary['final']['rewards/margins']}, "
+          f"KL {summary['kl']['final']}, "
           f"eval accuracy {summary['eval_final']['rewards/accuracies']} in {time.time() - start:.0f}s -> {paths.dpo_model}")
 
 

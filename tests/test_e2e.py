@@ -93,6 +93,11 @@ def test_dpo_reference_is_the_sft_model(repo, reproduced):
     assert abs(train["first_step"]["rewards/chosen"]) < 1e-3
     assert abs(train["first_step"]["rewards/margins"]) < 1e-3
     assert (repo / "models/dpo/adapter_config.json").exists()
+    assert train["kl"]["final"] >= 0 and train["kl"]["max"] >= train["kl"]["final"]
+    kl_rows = (repo / "dvclive/train/plots/metrics/kl.tsv").read_text().splitlines()
+    assert kl_rows[0] == "step\tkl" and kl_rows[1].startswith("0\t")  # measured from step 0, logged by step
+    ev = json.loads((repo / "metrics/eval.json").read_text())
+    assert ev["kl_dpo_vs_sft"]["kl"] > 0
     assert (repo / "dvclive/train/plots/metrics/rewards/margins.tsv").exists()
 
 

@@ -69,3 +69,27 @@ def test_local_folder_as_base_model(micro, tmp_path):
 def test_unloadable_base_model_names_the_param(tmp_path):
     with pytest.raises(UserError, match=r"^model.base: cannot load"):
         load_pretrained(str(tmp_path / "no-such-model"), tmp_path / "out")
+
+
+def test_kl_of_a_fresh_adapter_is_zero_and_grows_when_it_changes(micro):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from stages.models import sequence_kl
+
+    path, _ = micro
+    tok = load_tokenizer(str(path))
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path),
+                           LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    prompts = [f"Pager alert. search is unreachable {i}." for i in range(8)]
+    kw = dict(max_new_tokens=10, seed=0)
+    assert sequence_kl(model, tok, prompts, **kw)["kl"] == pytest.approx(0.0, abs=1e-5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    state = torch.random.get_rng_state()
+    moved = sequence_kl(model, tok, prompts, **kw)
+    assert moved["kl"] > 0.01 and moved["kl_per_token"] > 0  # a KL estimate from samples of the policy
+    assert torch.equal(torch.random.get_rng_state(), state)  # measuring leaves the caller's RNG alone
