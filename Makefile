@@ -2,12 +2,13 @@
 #              the 3-way table
 # make show  : print the table of the current metrics again
 # make test  : create .venv, install, run the test suite
+# make gate  : the regression gate CI runs after the tests (reproduce, compare, beta sweep)
 # make data  : regenerate the shipped data/ files from params.yaml's `data` section
 VENV   ?= .venv
 PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run show test data install clean
+.PHONY: run show test gate data install clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +26,15 @@ show: install
 
 test: install
 	python -m pytest
+
+# The regression gate (CI runs it after the tests): reproduce the defaults, compare with the committed
+# metrics, then sweep beta and check that a higher beta gives a lower KL.
+gate: install
+	dvc repro
+	python -m stages.gate
+	dvc exp run --queue -S 'train.beta=0.01,0.5'
+	dvc exp run --run-all
+	python -m stages.sweep --check
 
 data: install
 	python -m stages.make_data

@@ -175,6 +175,12 @@ class ReportParams(Section):
     length_ratio: float = Field(gt=1)       # DPO length over SFT length
 
 
+class GateParams(Section):
+    rate_band: float = Field(gt=0)
+    faithfulness_band: float = Field(gt=0)
+    min_ci_low: float = Field(ge=0, lt=1)
+
+
 class Params(Section):
     seed: int
     task: Literal["incident_triage"]
@@ -187,6 +193,7 @@ class Params(Section):
     train: TrainParams
     eval: EvalParams
     report: ReportParams
+    gate: GateParams
 
 
 def _one_line(err: ValidationError, file: str) -> str:
