@@ -3,12 +3,13 @@
 # make show  : print the table of the current metrics again
 # make test  : create .venv, install, run the test suite
 # make gate  : the regression gate CI runs after the tests (reproduce, compare, beta sweep)
+# make pr-report BASE=<ref> : the markdown diff a pull request gets (the CI workflow posts it)
 # make data  : regenerate the shipped data/ files from params.yaml's `data` section
 VENV   ?= .venv
 PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run show test gate data install clean
+.PHONY: run show test gate pr-report data install clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +36,10 @@ gate: install
 	dvc exp run --queue -S 'train.beta=0.01,0.5'
 	dvc exp run --run-all
 	python -m stages.sweep --check
+
+# The pull-request comment: params and metrics diff against BASE (PLOTS=dir also writes the plots diff).
+pr-report: install
+	@python -m stages.pr_report $(BASE) $(if $(PLOTS),--plots $(PLOTS))
 
 data: install
 	python -m stages.make_data

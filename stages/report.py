@@ -45,12 +45,13 @@ def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict]
              f"{ev['n_prompts']} held-out prompts; 95% bootstrap CIs over prompts in brackets.", "",
              "| Metric | Base | SFT | SFT+DPO | Δ DPO over SFT |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(ev, cis)]
-    lines += ["", f"Pairwise DPO vs SFT, judged in both orders: {pw['wins']} wins, {pw['losses']} losses, "
+    lines += ["", "![Base vs SFT vs SFT+DPO, 95% CIs](eval_bars.png)", "",
+              f"Pairwise DPO vs SFT, judged in both orders: {pw['wins']} wins, {pw['losses']} losses, "
               f"{pw['ties']} ties; win rate = (wins + ties/2) / n.", "",
               "## Preference data", "",
               f"{judge['pairs']} pairs kept from {judge['prompts']} prompts by the `{judge['backend']}` judge; "
               f"{judge['ties']} ties dropped; position consistency {judge['position_consistency']:.1%}.", "",
-              "## DPO training", "",
+              "## DPO training", "", "![Training curves](training_curves.png)", "",
               f"- Reward margin: {train['first_step']['rewards/margins']} at the first step (the reference is the "
               f"SFT model) -> {train['final']['rewards/margins']} at the end; reward accuracy "
               f"{train['final']['rewards/accuracies']}.",
@@ -93,6 +94,12 @@ def main() -> None:
         # Prompts where DPO and SFT were judged different come first: that is where DPO's effect shows.
         changed = [r for r in records if r["pairwise_dpo_vs_sft"]["outcome"] != "tie"]
         examples = (changed + [r for r in records if r not in changed])[:params.report.examples]
+        # The pictures sit next to the report, so the markdown's relative links work wherever it is read.
+        from stages.figures import bars, curves
+
+        figures = Path(paths.report).parent
+        curves(Path(paths.train_live) / "plots" / "metrics", figures / "training_curves.png")
+        bars(ev, cis, figures / "eval_bars.png")
         write_text(paths.report, markdown(ev, cis, judge, train, examples, params.report))
         print(f"report: {paths.report} (the table: python -m stages.report --show)")
     else:
