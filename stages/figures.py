@@ -53,3 +53,25 @@ def bars(ev: dict, cis: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def sweep(rows: list[dict], out: Path) -> None:
+    """The DPO paper's frontier: reward margin against KL, one point per run labelled by beta; and the
+    pairwise win rate (with its CI) against beta."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    left.scatter([r["kl"] for r in rows], [r["reward_margin"] for r in rows])
+    for r in rows:
+        left.annotate(f"β={r['beta']}", (r["kl"], r["reward_margin"]), fontsize=8, xytext=(4, 4),
+                      textcoords="offset points")
+    left.set_xlabel("KL from the SFT reference (nats/sequence)")
+    left.set_ylabel("validation reward margin")
+    right.errorbar([r["beta"] for r in rows], [r["win_rate"] for r in rows],
+                   yerr=[[r["win_rate"] - r["ci_low"] for r in rows], [r["ci_high"] - r["win_rate"] for r in rows]],
+                   fmt="o", capsize=4)
+    right.axhline(0.5, color="grey", linewidth=0.8)
+    right.set_xscale("log")
+    right.set_xlabel("beta")
+    right.set_ylabel("pairwise win rate, DPO vs SFT")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -2,7 +2,7 @@
 
     dvc exp run --queue -S 'train.beta=0.01,0.1,0.5'
     dvc exp run --run-all
-    python -m stages.sweep            (writes reports/sweep.md and reports/sweep.csv)
+    python -m stages.sweep            (writes reports/sweep.md, sweep.png and sweep.csv)
     python -m stages.sweep --check    (also fails unless KL falls from the lowest beta to the highest)
     dvc plots show reports/sweep.csv -x kl -y reward_margin     (the DPO paper's reward-vs-KL frontier)
 
@@ -17,6 +17,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from stages import cli
 from stages.config import UserError
@@ -80,13 +81,16 @@ def main() -> None:
     if not rows:
         raise UserError("no experiments with train and eval metrics: run dvc exp run --queue -S "
                         "'train.beta=0.01,0.1,0.5' and dvc exp run --run-all first")
-    write_text("reports/sweep.md", markdown(rows))
+    from stages.figures import sweep
+
+    sweep(rows, Path("reports/sweep.png"))
+    write_text("reports/sweep.md", markdown(rows) + "\n![Reward margin vs KL, and win rate vs beta](sweep.png)\n")
     out = io.StringIO()
     writer = csv.DictWriter(out, COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
     write_text("reports/sweep.csv", out.getvalue())
-    print(markdown(rows) + "wrote reports/sweep.md and reports/sweep.csv")
+    print(markdown(rows) + "wrote reports/sweep.md, reports/sweep.png and reports/sweep.csv")
     if "--check" in sys.argv[1:]:
         low, high = kl_trend(rows)
         if not low["kl"] > high["kl"]:
