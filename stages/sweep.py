@@ -63,7 +63,8 @@ def kl_trend(rows: list[dict]) -> tuple[dict, dict]:
 
 def markdown(rows: list[dict]) -> str:
     lines = ["# Beta sweep", "",
-             "Higher beta anchors the policy to the SFT reference: expect lower KL and a smaller reward margin.",
+             "A higher beta anchors the policy to the SFT reference: expect a lower KL. Reward margins are beta "
+             "times a log-ratio, so compare them across betas with care.",
              "", "| beta | KL (final / max) | val. reward margin | val. accuracy | pairwise DPO vs SFT | severity match "
              "| experiment |", "|---|---|---|---|---|---|---|"]
     for r in rows:
