@@ -123,6 +123,7 @@ class Price(Section):
 
 class JudgeParams(Section):
     backend: Literal["rubric", "anthropic"]
+    label_noise: float = Field(ge=0, le=1)  # share of verdicts flipped on purpose (a lesson, not a default)
     # The rest applies to the anthropic backend.
     model: str = Field(min_length=1)
     base_url: str | None  # null: ANTHROPIC_BASE_URL if set, else the SDK's default

@@ -10,6 +10,7 @@ counted in metrics/judge.json, with the judge's cost and, for an LLM judge, its 
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -51,6 +52,15 @@ def build_pairs(samples: list[dict], judge) -> tuple[list[dict], list[Judged], C
     return pairs, judged, counts
 
 
+def add_label_noise(pairs: list[dict], rate: float, seed: int) -> tuple[list[dict], int]:
+    """Swap chosen and rejected on a seeded `rate` share of the pairs: garbage in, to see garbage out."""
+    rng = random.Random(seed)
+    flip = set(rng.sample(range(len(pairs)), round(rate * len(pairs))))
+    noisy = [{**p, "chosen": p["rejected"], "rejected": p["chosen"], "label_flipped": True} if i in flip else p
+             for i, p in enumerate(pairs)]
+    return noisy, len(flip)
+
+
 def agreement(judged: list[Judged], reference: list[Judged]) -> float | None:
     """How often two judges' final verdicts agree, over the pairs both judged validly."""
     both = [(a.verdict.winner, b.verdict.winner) for a, b in zip(judged, reference) if a.verdict and b.verdict]
@@ -68,6 +78,7 @@ def main() -> None:
         raise UserError(f"judge: no preference pairs from {len(samples)} prompts ({counts['ties']} ties, "
                         f"{counts['invalid']} invalid); make the two samples differ more (sample.temperatures) "
                         "or train a better SFT model")
+    pairs, flipped = add_label_noise(pairs, params.judge.label_noise, params.seed)
     n = len(samples)
     metrics = {
         "backend": judge.name,
@@ -81,6 +92,7 @@ def main() -> None:
         "chosen_by_temperature": {k.removeprefix("chosen_at_T"): v for k, v in sorted(counts.items())
                                   if k.startswith("chosen_at_T")},
         "usage": judge.usage.as_metrics(),
+        "label_noise": {"rate": params.judge.label_noise, "flipped": flipped},
     }
     if judge.name != "rubric":
         _, reference, _ = build_pairs(samples, RubricJudge(task))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stages.judge import agreement, build_pairs
+from stages.judge import add_label_noise, agreement, build_pairs
 from stages.judges import RubricJudge, Verdict, pairwise_both_orders
 from stages.tasks import incident_triage
 
@@ -82,3 +82,12 @@ def test_agreement_between_judges():
     assert agreement(same, same) == 1.0
     assert agreement(biased, same) == 0.0  # the biased judge ties both; the rubric picks a winner
     assert agreement(pairwise_both_orders(InvalidJudge(), [(REPORT, GOOD, WRONG)]), same[:1]) is None
+
+
+def test_label_noise_flips_a_seeded_share_of_pairs():
+    pairs = [{"id": i, "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(50)]
+    noisy, flipped = add_label_noise(pairs, 0.2, seed=1)
+    assert flipped == 10 == sum(p.get("label_flipped", False) for p in noisy)
+    assert all(p["chosen"].startswith("bad") == p.get("label_flipped", False) for p in noisy)
+    assert add_label_noise(pairs, 0.2, seed=1) == (noisy, 10)  # the same pairs every run
+    assert add_label_noise(pairs, 0.0, seed=1) == (pairs, 0)
