@@ -38,9 +38,10 @@ def diagnose(ev: dict, cis: dict, train: dict, cfg: ReportParams) -> list[Findin
     pw = ev["pairwise_dpo_vs_sft"]
     if margin < cfg.flat_margin and accuracy < cfg.flat_accuracy:
         findings.append(Finding(
-            "beta too high: no preference learning",
+            "no preference learning: beta too high, or contradictory preferences",
             f"validation reward margin {margin} (< {cfg.flat_margin}) and accuracy {accuracy} (< {cfg.flat_accuracy})",
-            "lower train.beta (e.g. 0.1 -> 0.05) or raise train.learning_rate / train.epochs"))
+            "lower train.beta (e.g. 0.1 -> 0.05) or raise train.learning_rate / train.epochs; if that does not "
+            "help, the preference labels may contradict each other (judge quality, judge.label_noise)"))
     if kl_final > cfg.kl_drift:
         findings.append(Finding(
             "beta too low: KL drift",

@@ -47,7 +47,7 @@ def test_a_clean_run_is_healthy_with_its_evidence():
 
 
 @pytest.mark.parametrize("changes, rule", [
-    ({"train__eval_final": {"rewards/margins": 0.02, "rewards/accuracies": 0.52}}, "beta too high"),
+    ({"train__eval_final": {"rewards/margins": 0.02, "rewards/accuracies": 0.52}}, "no preference learning"),
     ({"train__kl": {"final": 14.0, "max": 15.0}}, "beta too low"),
     ({"train__kl": {"final": 2.0, "max": 6.0}}, "KL spike"),
     ({"ev__pairwise_dpo_vs_sft__ci_low": 0.48}, "reward gap grew but DPO did not win"),
