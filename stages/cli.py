@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from typing import Callable
 
 from stages.config import ServiceError, UserError
+
+# Stages draw their own progress (rich); the libraries' bars for loading weights or files would only
+# interleave with it. Set before transformers / huggingface_hub are imported, which read it then.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def run(main: Callable[[], None]) -> None:

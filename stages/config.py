@@ -32,10 +32,7 @@ class Section(BaseModel):
 class Paths(Section):
     """Where stages read and write. dvc.yaml uses the same values through ${paths.*}."""
 
-    policy: str
-    sft_data: str
-    prompts: str
-    eval_prompts: str
+    data: str  # the task's files are in <data>/<task>/ (see TaskFiles)
     base_model: str
     sft_model: str
     dpo_model: str
@@ -77,7 +74,10 @@ class TinyModel(Section):
 
 
 class ModelParams(Section):
-    base: str = Field(min_length=1)
+    base: str = Field(min_length=1)         # builtin:tiny, a hub id or a local folder
+    revision: str | None                    # hub branch, tag or commit of model.base (null: main)
+    sft: str | None                         # null: the sft stage trains a LoRA; else an adapter or model folder
+    lora_target_modules: Literal["auto"] | list[str]  # auto: by architecture (stages/models.py)
     max_length: int = Field(gt=0)
     tiny: TinyModel
 
@@ -86,6 +86,13 @@ class ModelParams(Section):
     def known_builtin(cls, v: str) -> str:
         if v.startswith("builtin:") and v != "builtin:tiny":
             raise ValueError(f"unknown builtin model {v!r}; the only builtin is 'builtin:tiny'")
+        return v
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def some_modules(cls, v):
+        if isinstance(v, list) and (not v or not all(v)):
+            raise ValueError("give module names, e.g. [q_proj, v_proj], or 'auto'")
         return v
 
 
@@ -103,17 +110,44 @@ class SftParams(Lora):
 
 
 class SampleParams(Section):
-    temperatures: tuple[float, float]
+    num_candidates: int = Field(ge=2)
+    temperatures: list[float]  # one per candidate
     top_p: float = Field(gt=0, le=1)
     max_new_tokens: int = Field(gt=0)
     batch_size: int = Field(gt=0)
 
     @field_validator("temperatures")
     @classmethod
-    def positive(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if min(v) <= 0:
-            raise ValueError("temperatures must be > 0 (two per prompt, e.g. [0.7, 1.2])")
+    def positive(cls, v: list[float]) -> list[float]:
+        if not v or min(v) <= 0:
+            raise ValueError("temperatures must be > 0 (one per candidate, e.g. [0.7, 1.2])")
         return v
+
+    @model_validator(mode="after")
+    def one_per_candidate(self) -> "SampleParams":
+        if len(self.temperatures) != self.num_candidates:
+            raise ValueError(f"give one temperature per candidate: {len(self.temperatures)} temperatures for "
+                             f"num_candidates {self.num_candidates}")
+        return self
+
+
+class PreferenceParams(Section):
+    """Where the preference pairs come from: sampled and judged here, or an existing dataset."""
+
+    source: str = Field(min_length=1)  # generated | hf:<dataset id> | a .jsonl or .parquet file
+    split: str = Field(min_length=1)   # the split of a hub dataset (ultrafeedback_binarized: train_prefs)
+    max_pairs: int | None = Field(gt=0)  # keep the first N pairs (null: all)
+
+    @field_validator("source")
+    @classmethod
+    def known_kind(cls, v: str) -> str:
+        if v != "generated" and not v.startswith("hf:") and not v.endswith((".jsonl", ".json", ".parquet")):
+            raise ValueError("expected 'generated', 'hf:<dataset id>' or a path ending in .jsonl or .parquet")
+        return v
+
+    @property
+    def generated(self) -> bool:
+        return self.source == "generated"
 
 
 class Price(Section):
@@ -146,15 +180,36 @@ class JudgeParams(Section):
         return self
 
 
+# TRL's DPO losses (DPOConfig.loss_type), but "sft", which `sft_weight` adds, and those that use
+# `label_smoothing`.
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+SMOOTHED = {"robust": (0.0, 0.5), "exo_pair": (0.0, 1.0), "aot": (0.0, 0.5), "aot_unpaired": (0.0, 0.5)}
+
+
 class TrainParams(Lora):
     beta: float = Field(gt=0)
-    loss_type: Literal["sigmoid", "hinge", "ipo", "robust"]
+    loss_type: Literal[LOSS_TYPES]  # type: ignore[valid-type]
+    label_smoothing: float = Field(ge=0, lt=1)  # robust: assumed label-flip rate; exo_pair: epsilon
+    discopop_tau: float = Field(gt=0)           # discopop only
     sft_weight: float = Field(ge=0)
     eval_fraction: float = Field(gt=0, lt=1)
     logging_steps: int = Field(gt=0)
     kl_every: int = Field(gt=0)
     kl_prompts: int = Field(gt=0)
     kl_max_new_tokens: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def loss_parameters(self) -> "TrainParams":
+        ls, kind = self.label_smoothing, self.loss_type
+        if kind == "exo_pair" and ls == 0:
+            raise ValueError("loss_type exo_pair needs label_smoothing > 0 (the EXO paper uses 1e-3)")
+        if kind in SMOOTHED and not SMOOTHED[kind][0] <= ls < SMOOTHED[kind][1]:
+            raise ValueError(f"loss_type {kind} needs label_smoothing in [{SMOOTHED[kind][0]}, {SMOOTHED[kind][1]})")
+        if kind not in SMOOTHED and ls:
+            raise ValueError(f"label_smoothing has no effect with loss_type {kind}; set it to 0 or use one of "
+                             f"{', '.join(SMOOTHED)}")
+        return self
 
 
 class EvalParams(Section):
@@ -182,19 +237,35 @@ class GateParams(Section):
     min_ci_low: float = Field(ge=0, lt=1)
 
 
+class TaskFiles(BaseModel):
+    """The task's files, in <paths.data>/<task>/: switching `task` switches all four."""
+
+    policy: str
+    sft_data: str
+    prompts: str
+    eval_prompts: str
+
+
 class Params(Section):
     seed: int
-    task: Literal["incident_triage"]
+    task: str = Field(pattern=r"^[A-Za-z_][\w.]*$")  # a builtin task or the import path of your module
     paths: Paths
     data: DataParams
     model: ModelParams
     sft: SftParams
     sample: SampleParams
+    preferences: PreferenceParams
     judge: JudgeParams
     train: TrainParams
     eval: EvalParams
     report: ReportParams
     gate: GateParams
+
+    @property
+    def task_files(self) -> TaskFiles:
+        d = f"{self.paths.data}/{self.task}"
+        return TaskFiles(policy=f"{d}/policy.md", sft_data=f"{d}/sft.jsonl", prompts=f"{d}/prompts.jsonl",
+                         eval_prompts=f"{d}/eval.jsonl")
 
 
 def _one_line(err: ValidationError, file: str) -> str:

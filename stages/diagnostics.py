@@ -8,9 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stages.config import ReportParams
+from stages.stats import task_metric_keys
 
-METRIC_NAMES = {"format_conformance": "format conformance", "severity_match": "severity match",
-                "faithfulness": "faithfulness"}
+
+
+def metric_names(ev: dict) -> dict[str, str]:
+    return {**{k: k.replace("_", " ") for k in task_metric_keys(ev)}, "faithfulness": "faithfulness"}
 
 
 @dataclass
@@ -23,7 +26,7 @@ class Finding:
 def significant_moves(ev: dict, cis: dict) -> tuple[list[str], list[str], list[str]]:
     """Metrics whose paired 95% CI of DPO - SFT lies above 0, below 0, or spans it."""
     up, down, flat = [], [], []
-    for key, name in METRIC_NAMES.items():
+    for key, name in metric_names(ev).items():
         delta = cis.get(key, {}).get("delta_dpo_sft")
         if delta is None:
             continue
@@ -86,7 +89,7 @@ def reflection(ev: dict, cis: dict, train: dict) -> list[str]:
     """The facts to write "What DPO did to my model, and what it didn't" around."""
     up, down, flat = significant_moves(ev, cis)
     lines = []
-    for key, name in METRIC_NAMES.items():
+    for key, name in metric_names(ev).items():
         m, d = ev[key], cis[key]["delta_dpo_sft"]
         verdict = "significant" if name in up + down else "not significant"
         lines.append(f"- {name}: SFT {m['sft']:.3g} -> SFT+DPO {m['dpo']:.3g} ({m['dpo'] - m['sft']:+.3g}, 95% CI "

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from stages import cli
 from stages.config import load_params
-from stages.files import read_jsonl
+from stages.files import read_jsonl, read_text
 
 
 def estimate(judge, kind: str, items: list[tuple]) -> dict:
@@ -36,23 +36,34 @@ def main() -> None:
     params = load_params()
     paths, cfg = params.paths, params.judge
     if cfg.backend == "rubric":
-        print("judge.backend is rubric: judged offline, nothing to pay. "
-              "Set judge.backend: anthropic to estimate Claude's cost.")
+        k, n = params.sample.num_candidates, len(read_jsonl(params.task_files.prompts, required=("prompt",)))
+        calls = 0 if not params.preferences.generated else 2 * n if k == 2 else k * n
+        print(f"judge stage: {calls:,} judge calls ({n:,} prompts x {k} candidates); judge.backend is rubric: "
+              "judged offline, nothing to pay. Set judge.backend: anthropic to estimate Claude's cost.")
         return
     from stages.anthropic_judge import AnthropicJudge
 
-    judge = AnthropicJudge(cfg, Path(paths.policy).read_text(), api_key=None)
+    judge = AnthropicJudge(cfg, read_text(params.task_files.policy), api_key=None)
     worst_sample = "x" * (params.sample.max_new_tokens * 4)  # ~4 characters a token
     worst_eval = "x" * (params.eval.max_new_tokens * 4)
-    if Path(paths.samples).exists():
-        rows = read_jsonl(paths.samples, required=("prompt", "responses"))
-        pairs = [(r["prompt"], r["responses"][0]["text"], r["responses"][1]["text"]) for r in rows]
+    k = params.sample.num_candidates
+    if Path(paths.samples).exists() and Path(paths.samples).stat().st_size:
+        candidates = [(r["prompt"], [x["text"] for x in r["responses"]])
+                      for r in read_jsonl(paths.samples, required=("prompt", "responses"))]
     else:
-        pairs = [(r["prompt"], worst_sample, worst_sample + " ")
-                 for r in read_jsonl(paths.prompts, required=("prompt",))]
-    prompts = [r["prompt"] for r in read_jsonl(paths.eval_prompts, required=("prompt",))]
-    rows = {
-        "judge (pairwise, both orders)": estimate(judge, "pairwise", pairs + [(p, b, a) for p, a, b in pairs]),
+        candidates = [(r["prompt"], [worst_sample + " " * i for i in range(k)])
+                      for r in read_jsonl(params.task_files.prompts, required=("prompt",))]
+    prompts = [r["prompt"] for r in read_jsonl(params.task_files.eval_prompts, required=("prompt",))]
+    rows = {}
+    if not params.preferences.generated:
+        print(f"preferences.source is {params.preferences.source}: the judge stage judges nothing")
+    elif k == 2:
+        pairs = [(p, a, b) for p, (a, b) in candidates]
+        rows["judge (pairwise, both orders)"] = estimate(judge, "pairwise", pairs + [(p, b, a) for p, a, b in pairs])
+    else:
+        rows[f"judge (score {k} candidates, best vs worst)"] = estimate(
+            judge, "score", [(p, text) for p, texts in candidates for text in texts])
+    rows |= {
         "eval (faithfulness, 3 models)": estimate(judge, "score", [(p, worst_eval + m) for m in "abc"
                                                                    for p in prompts]),
         "eval (DPO vs SFT, both orders)": estimate(judge, "pairwise", [(p, worst_eval, worst_eval + o)

@@ -12,14 +12,12 @@ verdicts to `paths.eval_outputs`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from rich import print
 
 from stages import cli
 from stages.config import load_params
-from stages.files import read_jsonl, write_json, write_jsonl
+from stages.files import read_jsonl, read_text, write_json, write_jsonl
 from stages.judges import pairwise_both_orders, make_judge
 from stages.stats import bootstrap_ci, pairwise_summary
 from stages.tasks import get_task
@@ -30,14 +28,14 @@ MODELS = ("base", "sft", "dpo")
 def main() -> None:
     params = load_params()
     paths, cfg = params.paths, params.eval
-    rows = read_jsonl(paths.eval_prompts, required=("id", "prompt"))
+    rows = read_jsonl(params.task_files.eval_prompts, required=("id", "prompt"))
     task = get_task(params.task)
-    judge = make_judge(params.judge, task, Path(paths.policy).read_text())
+    judge = make_judge(params.judge, task, read_text(params.task_files.policy))
 
     from stages.models import generate, load_policy, load_tokenizer, sequence_kl
 
     # --- generate with each model, same prompts, decoding params and seeds
-    tokenizer = load_tokenizer(paths.base_model)
+    tokenizer = load_tokenizer(paths)
     prompts = [r["prompt"] for r in rows]
     outputs = {}
     for name in MODELS:

@@ -16,7 +16,6 @@ CURVES = {  # title: [(file under the DVCLive plots folder, label)]
     "Reward accuracy": [("rewards/accuracies.tsv", "train"), ("eval/rewards/accuracies.tsv", "validation")],
     "KL from the SFT reference (nats/sequence)": [("kl.tsv", "policy vs reference")],
 }
-BARS = {"format_conformance": "Format conformance", "severity_match": "Severity match"}
 
 
 def read_tsv(path: Path) -> tuple[list[float], list[float]]:
@@ -39,10 +38,11 @@ def curves(plots_dir: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def bars(ev: dict, cis: dict, out: Path) -> None:
+def bars(ev: dict, cis: dict, rates: dict[str, str], out: Path) -> None:
+    """One panel per task rate (`rates`: key -> title) and one for the judge's faithfulness score."""
     models, labels = ("base", "sft", "dpo"), ("Base", "SFT", "SFT+DPO")
-    fig, axes = plt.subplots(1, len(BARS) + 1, figsize=(4 * (len(BARS) + 1), 3.2))
-    panels = [*BARS.items(), ("faithfulness", "Faithfulness (judge, 1-5)")]
+    panels = [*rates.items(), ("faithfulness", "Faithfulness (judge, 1-5)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (key, title) in zip(axes, panels):
         values = [ev[key][m] for m in models]
         errors = [[v - cis[key][m]["low"] for m, v in zip(models, values)],

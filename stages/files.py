@@ -49,6 +49,15 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = (), strings: tuple[
     return rows
 
 
+def read_text(path: str | Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8") from None
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; move it onto `path` only if the block succeeds (file or folder)."""

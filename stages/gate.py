@@ -15,13 +15,14 @@ from pathlib import Path
 
 from stages import cli
 from stages.config import GateParams, UserError, load_params
+from stages.stats import task_metric_keys
 
-HEADLINES = {"format_conformance": "rate_band", "severity_match": "rate_band", "faithfulness": "faithfulness_band"}
 
 
 def problems(new: dict, old: dict, cfg: GateParams) -> list[str]:
     out = []
-    for metric, band_name in HEADLINES.items():
+    headlines = {**dict.fromkeys(task_metric_keys(old), "rate_band"), "faithfulness": "faithfulness_band"}
+    for metric, band_name in headlines.items():
         band = getattr(cfg, band_name)
         for model in ("base", "sft", "dpo"):
             a, b = old[metric][model], new[metric][model]

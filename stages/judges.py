@@ -97,6 +97,7 @@ class Judged:
 
     verdict: Verdict | None
     consistent: bool
+    picks: tuple[int, int] = (0, 1)  # the candidates the verdict's A and B are
 
 
 def pairwise_both_orders(judge: Judge, items: list[tuple[str, str, str]]) -> list[Judged]:

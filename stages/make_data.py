@@ -17,7 +17,7 @@ def main() -> None:
     params = load_params()
     d, paths = params.data, params.paths
     splits = get_task(params.task).generate(d.seed, d.n_sft, d.n_prompts, d.n_eval)
-    for split, path in (("sft", paths.sft_data), ("prompts", paths.prompts), ("eval", paths.eval_prompts)):
+    for split, path in (("sft", params.task_files.sft_data), ("prompts", params.task_files.prompts), ("eval", params.task_files.eval_prompts)):
         write_jsonl(path, splits[split])
         print(f"wrote {len(splits[split])} rows to {path}")
 

@@ -1,11 +1,14 @@
-"""Models: the builtin tiny base model, loading base / SFT / SFT+DPO, and batched generation.
+"""Models: the builtin tiny base model, resolving and loading base / SFT / SFT+DPO, LoRA targets, and batched
+generation.
 
-Every stage after `prepare` loads models only through AutoModelForCausalLM / AutoTokenizer (+ PEFT), from
-the folder `prepare` wrote, exactly as it would load a hub model.
+Every stage after `prepare` loads models only through AutoModelForCausalLM / AutoTokenizer (+ PEFT): from
+the folder `prepare` wrote (the builtin model), or from where the manifest `prepare` or `sft` wrote says a
+hub or local model is (a real model is referenced, not copied into the DVC cache).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -81,6 +84,64 @@ def train_tiny_base(texts: list[str], cfg: ModelParams, seed: int, out_dir: Path
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Resolving external models: referenced, never copied into the DVC cache
+
+MANIFEST = "manifest.json"
+# Used when a tokenizer has none (e.g. GPT-2): the builtin template's layout, ending each turn with the
+# tokenizer's own end-of-sequence token so generation stops where a turn ends.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def tree_sha256(folder: Path) -> str:
+    """One hash over a folder's file names and contents (a 1 GB model takes a few seconds)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts):
+        h.update(str(f.relative_to(folder)).encode() + b"\0")
+        with f.open("rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()
+
+
+def resolve(key: str, name: str, revision: str | None = None) -> dict:
+    """A local folder or a hub id, resolved to what a manifest records: the folder, the hub commit, a hash.
+    A hub id is looked up in the local Hugging Face cache or downloaded (never hangs: short timeouts)."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return {"name": name, "path": str(local.resolve()), "revision": None, "sha256": tree_sha256(local)}
+    if local.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"{key}: {name!r} is not a model folder (not found)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        folder = snapshot_download(name, revision=revision, etag_timeout=10)
+    except HFValidationError:
+        raise UserError(f"{key}: {name!r} is neither a local folder nor a valid hub id") from None
+    except OSError as e:  # offline, unknown repo or revision: huggingface_hub's errors are OSErrors
+        raise UserError(f"{key}: cannot get {name!r} from the hub ({str(e).splitlines()[0]}); without network "
+                        "use a local folder, or download it once and set HF_HUB_OFFLINE=1") from None
+    return {"name": name, "path": folder, "revision": Path(folder).name, "sha256": None}
+
+
+def write_manifest(out_dir: Path, info: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def model_folder(out_dir: str | Path) -> dict:
+    """What a stage output holds: a model saved in it, or a manifest naming a model elsewhere."""
+    manifest = Path(out_dir) / MANIFEST
+    if manifest.exists():
+        return json.loads(manifest.read_text())
+    if not Path(out_dir).is_dir():
+        raise UserError(f"{out_dir}: not found; run `dvc repro` (the stage that writes it comes first)")
+    return {"path": str(out_dir), "kind": "adapter" if (Path(out_dir) / "adapter_config.json").exists() else "full"}
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -88,24 +149,35 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+def load_tokenizer(paths: Paths) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer, or a full SFT model's own when it has one."""
+    sft = model_folder(paths.sft_model) if Path(paths.sft_model).exists() else {}
+    has_own = sft.get("kind") == "full" and (Path(sft["path"]) / "tokenizer_config.json").exists()
+    return tokenizer_from(sft["path"] if has_own else model_folder(paths.base_model)["path"])
+
+
+def tokenizer_from(path: str | Path) -> PreTrainedTokenizerBase:
     tok = AutoTokenizer.from_pretrained(path)
     if tok.chat_template is None:
-        raise UserError(f"model.base: the tokenizer in {path} has no chat template; use an instruct/chat model")
+        tok.chat_template = FALLBACK_CHAT_TEMPLATE
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
 def load_base(paths: Paths) -> PreTrainedModel:
-    return AutoModelForCausalLM.from_pretrained(paths.base_model, dtype=torch.float32).to(device())
+    return AutoModelForCausalLM.from_pretrained(model_folder(paths.base_model)["path"],
+                                                dtype=torch.float32).to(device())
 
 
 def load_sft(paths: Paths) -> PreTrainedModel:
-    """Base + SFT adapter, merged: the SFT model, which is also DPO's reference policy."""
+    """The SFT model, which is also DPO's reference policy: base + SFT adapter merged, or a full model."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(load_base(paths), paths.sft_model).merge_and_unload()
+    sft = model_folder(paths.sft_model)
+    if sft["kind"] == "full":
+        return AutoModelForCausalLM.from_pretrained(sft["path"], dtype=torch.float32).to(device())
+    return PeftModel.from_pretrained(load_base(paths), sft["path"]).merge_and_unload()
 
 
 def load_dpo(paths: Paths) -> PreTrainedModel:
@@ -117,6 +189,33 @@ def load_dpo(paths: Paths) -> PreTrainedModel:
 def load_policy(name: str, paths: Paths) -> PreTrainedModel:
     model = {"base": load_base, "sft": load_sft, "dpo": load_dpo}[name](paths)
     return model.eval()
+
+
+# Every attention and MLP projection, by `config.model_type`: what "all-linear" means for these
+# architectures, written out so a user sees (and can trim) the list. Others get PEFT's "all-linear".
+LORA_TARGETS = {
+    **dict.fromkeys(("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"),
+                    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+    "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+}
+
+
+def lora_config(model: PreTrainedModel, targets: str | list[str], r: int, alpha: float, dropout: float):
+    """A LoRA config for `model`: targets "auto" (by architecture) or the given module names, checked."""
+    from peft import LoraConfig
+
+    model_type = model.config.model_type
+    modules = LORA_TARGETS.get(model_type, "all-linear") if targets == "auto" else targets
+    if isinstance(modules, list):
+        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        if missing := sorted(set(modules) - names):
+            raise UserError(f"model.lora_target_modules: no module named {', '.join(missing)} in this "
+                            f"{model_type} model")
+    # GPT-2 keeps its projections as Conv1D with transposed weights; PEFT needs to be told.
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=modules,
+                      fan_in_fan_out=model_type == "gpt2", task_type="CAUSAL_LM")
 
 
 def save_adapter(model: PreTrainedModel, out_dir: Path) -> None:
@@ -134,8 +233,14 @@ def save_adapter(model: PreTrainedModel, out_dir: Path) -> None:
 # Generation
 
 
+def chat_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list) -> list[str]:
+    """Prompts (a user message's text, or a conversation as a message list) rendered for generation."""
+    return [tokenizer.apply_chat_template(p if isinstance(p, list) else user(p), tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]
+
+
 @torch.no_grad()
-def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *,
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list, *,
              temperature: float, top_p: float, max_new_tokens: int, batch_size: int, seed: int,
              label: str = "generating") -> list[dict]:
     """One response per prompt: {"text", "tokens"}. Batched with left padding; each batch reseeds from
@@ -146,8 +251,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         bar = progress.add_task(label, total=len(prompts))
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
-            texts = [tokenizer.apply_chat_template(user(p), tokenize=False, add_generation_prompt=True)
-                     for p in batch]
+            texts = chat_prompts(tokenizer, batch)
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             torch.manual_seed(seed + start)
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 \
@@ -162,20 +266,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     return out
 
 
-def load_pretrained(name_or_path: str, out_dir: Path) -> dict:
-    """A hub id or local folder, loaded and saved into the pipeline's base-model folder."""
-    try:
-        tokenizer = load_tokenizer(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path)
-    except OSError as e:
-        raise UserError(f"model.base: cannot load {name_or_path!r}: {str(e).splitlines()[0]}") from None
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return {"params": sum(p.numel() for p in model.parameters())}
-
-
 @torch.no_grad()
-def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, max_new_tokens: int, seed: int,
+def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max_new_tokens: int, seed: int,
                 batch_size: int = 64) -> dict:
     """Monte-Carlo KL(policy || reference) for a PEFT model whose reference is the model with its adapter
     disabled: sample y ~ policy(.|x) at temperature 1, sum log policy(y_t) - log reference(y_t) over y's tokens,
@@ -196,9 +288,9 @@ def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *
 
 
 @torch.no_grad()
-def _log_ratio(model, tokenizer, prompts: list[str], max_new_tokens: int) -> tuple[float, int]:
+def _log_ratio(model, tokenizer, prompts: list, max_new_tokens: int) -> tuple[float, int]:
     """Sum over sampled responses of log policy - log reference, and the number of response tokens."""
-    texts = [tokenizer.apply_chat_template(user(p), tokenize=False, add_generation_prompt=True) for p in prompts]
+    texts = chat_prompts(tokenizer, prompts)
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     seqs = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens,
                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)

@@ -1,19 +1,22 @@
-"""Prepare the base model: train the builtin tiny model, or copy a hub model / local folder into place.
+"""Prepare the base model: train the builtin tiny model, or resolve a hub id / local folder.
 
     python -m stages.prepare        (run by `dvc repro` as stage `prepare`)
 
-Later stages load `paths.base_model` with AutoModelForCausalLM / AutoTokenizer only, so the builtin
-model and a real one travel the same road from here on.
+An external model is referenced, not copied: `paths.base_model` gets a manifest.json with the folder it
+resolved to, the hub commit (for a hub id) or a content hash (for a local folder). Later stages load
+through AutoModelForCausalLM / AutoTokenizer only, so the builtin model and a real one travel the same road.
+A local model changed in place is not seen by DVC: `dvc repro -f prepare` records the new hash.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from rich import print
 
 from stages import cli
-from stages.config import load_params
+from stages.config import UserError, load_params
 from stages.files import atomic_path, read_jsonl
 from stages.tasks import get_task
 
@@ -26,16 +29,22 @@ def main() -> None:
         from stages.models import train_tiny_base
 
         task = get_task(params.task)
-        rows = read_jsonl(paths.sft_data, required=("prompt", "response"))
+        rows = read_jsonl(params.task_files.sft_data, required=("prompt", "response"))
         texts = [task.pretrain_text(r["prompt"], r["response"]) for r in rows]
         print(f"[bold]prepare[/]: training {cfg.base} from scratch on {len(texts)} documents ...")
         with atomic_path(paths.base_model) as out:
             info = train_tiny_base(texts, cfg, params.seed, out)
     else:
-        from stages.models import load_pretrained
+        from transformers import AutoConfig
 
+        from stages.models import resolve, write_manifest
+
+        info = resolve("model.base", cfg.base, cfg.revision)
+        if not (Path(info["path"]) / "config.json").exists():
+            raise UserError(f"model.base: {cfg.base!r} has no config.json: not a transformers model folder")
+        info["model_type"] = AutoConfig.from_pretrained(info["path"]).model_type
         with atomic_path(paths.base_model) as out:
-            info = load_pretrained(cfg.base, out)
+            write_manifest(out, {"kind": "full", **info})
     print(f"[bold]prepare[/]: {cfg.base} -> {paths.base_model} {info} in {time.time() - start:.0f}s")
 
 

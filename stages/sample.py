@@ -1,8 +1,10 @@
-"""Sample two responses per prompt from the SFT model, one at each of `sample.temperatures`.
+"""Sample `sample.num_candidates` responses per prompt from the SFT model, one at each of `sample.temperatures`.
 
     python -m stages.sample         (run by `dvc repro` as stage `sample`)
 
-Output rows: {id, prompt, responses: [{text, temperature, tokens}, {...}]}, the judge's input.
+Output rows: {id, prompt, responses: [{text, temperature, tokens}, ...]}, the judge's input. When the
+preference pairs come from a dataset (`preferences.source` is not `generated`) there is nothing to sample:
+the stage writes an empty file and loads no model.
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ from stages.files import read_jsonl, write_jsonl
 def main() -> None:
     params = load_params()
     paths, cfg = params.paths, params.sample
-    rows = read_jsonl(paths.prompts, required=("id", "prompt"))
+    if not params.preferences.generated:
+        write_jsonl(paths.samples, [])
+        print(f"[bold]sample[/]: skipped, the preference pairs come from {params.preferences.source}")
+        return
+    rows = read_jsonl(params.task_files.prompts, required=("id", "prompt"))
 
     from stages.models import generate, load_policy, load_tokenizer
 
-    tokenizer = load_tokenizer(paths.base_model)
+    tokenizer = load_tokenizer(paths)
     model = load_policy("sft", paths)
     prompts = [r["prompt"] for r in rows]
     start = time.time()
@@ -36,7 +42,7 @@ def main() -> None:
             "responses": [{**gen[j], "temperature": t} for gen, t in zip(by_temp, cfg.temperatures)]}
            for j, r in enumerate(rows)]
     write_jsonl(paths.samples, out)
-    print(f"[bold]sample[/]: {len(out)} prompts x {len(cfg.temperatures)} responses in {time.time() - start:.0f}s "
+    print(f"[bold]sample[/]: {len(out)} prompts x {cfg.num_candidates} responses in {time.time() - start:.0f}s "
           f"-> {paths.samples}")
 
 

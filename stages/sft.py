@@ -1,55 +1,89 @@
-"""Supervised fine-tuning: a LoRA adapter on the base model with TRL's SFTTrainer.
+"""Supervised fine-tuning: a LoRA adapter on the base model with TRL's SFTTrainer, or your SFT model.
 
     python -m stages.sft            (run by `dvc repro` as stage `sft`)
 
-The data is the task's SFT pairs, as a conversational prompt/completion dataset: TRL applies the chat
-template and trains on the completion tokens only.
+With `model.sft: null` the data is the task's SFT pairs, as a conversational prompt/completion dataset: TRL
+applies the chat template and trains on the completion tokens only. With `model.sft` set (a PEFT adapter
+trained on model.base, or a full model; a folder or a hub id), nothing is trained: the adapter is checked
+against the base and `paths.sft_model` gets a manifest.json naming it, with its content hash.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
+from pathlib import Path
 
 from rich import print
 
 from stages import cli
 from stages.chat import assistant, user
-from stages.config import load_params
+from stages.config import Params, UserError, load_params
 from stages.files import atomic_path, read_jsonl
-from stages.models import device, save_adapter
+
+
+def use_existing(params: Params) -> dict:
+    """Resolve model.sft, check it fits model.base, and say what it is."""
+    from stages.models import load_base, resolve
+
+    name = params.model.sft
+    info = resolve("model.sft", name)
+    folder = Path(info["path"])
+    if (folder / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        declared = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        try:  # PEFT raises on a shape or module-name mismatch: an adapter made for another base
+            PeftModel.from_pretrained(load_base(params.paths), str(folder))
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"model.sft: the adapter in {name!r} (made for {declared!r}) does not fit model.base "
+                            f"{params.model.base!r}: {str(e).strip().splitlines()[0][:200]}") from None
+        return {"kind": "adapter", "adapter_base": declared, **info}
+    if (folder / "config.json").exists():
+        return {"kind": "full", **info}
+    raise UserError(f"model.sft: {name!r} holds neither adapter_config.json (a PEFT adapter) nor config.json "
+                    "(a full model)")
 
 
 def main() -> None:
     params = load_params()
     paths, cfg = params.paths, params.sft
-    rows = read_jsonl(paths.sft_data, required=("prompt", "response"))
+    start = time.time()
+    if params.model.sft is not None:
+        from stages.models import write_manifest
+
+        info = use_existing(params)
+        with atomic_path(paths.sft_model) as out:
+            write_manifest(out, info)
+        print(f"[bold]sft[/]: using the {info['kind']} SFT model {params.model.sft} -> {paths.sft_model}")
+        return
+
+    rows = read_jsonl(params.task_files.sft_data, required=("prompt", "response"))
 
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
     from transformers import PrinterCallback, set_seed
 
-    from stages.models import load_base, load_tokenizer
+    from stages.models import device, load_base, load_tokenizer, lora_config, save_adapter
 
     set_seed(params.seed)
     # --- model & tokenizer
-    tokenizer = load_tokenizer(paths.base_model)
+    tokenizer = load_tokenizer(paths)
     model = load_base(paths)
     # --- dataset
     ds = Dataset.from_list([{"prompt": user(r["prompt"]), "completion": assistant(r["response"])} for r in rows])
     # --- training
-    start = time.time()
     print(f"[bold]sft[/]: training a LoRA adapter on {len(rows)} examples ...")
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(
             output_dir=tmp, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
             max_length=params.model.max_length, logging_steps=25, save_strategy="no", report_to="none",
-            seed=params.seed, data_seed=params.seed, bf16=False, gradient_checkpointing=False, use_cpu=device() == "cpu", disable_tqdm=True,
+            seed=params.seed, data_seed=params.seed, bf16=False, gradient_checkpointing=False,
+            use_cpu=device() == "cpu", disable_tqdm=True,
         )
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules="all-linear", task_type="CAUSAL_LM")
+        lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
                              peft_config=lora)
         trainer.remove_callback(PrinterCallback)

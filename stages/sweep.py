@@ -22,9 +22,10 @@ from pathlib import Path
 from stages import cli
 from stages.config import UserError
 from stages.files import write_text
+from stages.stats import task_metric_keys
 
 COLUMNS = ("beta", "kl", "kl_max", "reward_margin", "reward_accuracy", "win_rate", "ci_low", "ci_high",
-           "severity_match", "experiment")
+           "task_metrics", "experiment")
 
 
 def rows_from(exp_show: list[dict]) -> list[dict]:
@@ -50,7 +51,8 @@ def rows_from(exp_show: list[dict]) -> list[dict]:
                      "reward_margin": train["eval_final"]["rewards/margins"],
                      "reward_accuracy": train["eval_final"]["rewards/accuracies"],
                      "win_rate": pw["win_rate"], "ci_low": pw["ci_low"], "ci_high": pw["ci_high"],
-                     "severity_match": ev["severity_match"]["dpo"], "experiment": name})
+                     "task_metrics": ", ".join(f"{k} {ev[k]['dpo']}" for k in task_metric_keys(ev)),
+                     "experiment": name})
     return sorted(rows, key=lambda r: (r["beta"], r["experiment"]))
 
 
@@ -65,11 +67,11 @@ def markdown(rows: list[dict]) -> str:
     lines = ["# Beta sweep", "",
              "A higher beta anchors the policy to the SFT reference: expect a lower KL. Reward margins are beta "
              "times a log-ratio, so compare them across betas with care.",
-             "", "| beta | KL (final / max) | val. reward margin | val. accuracy | pairwise DPO vs SFT | severity match "
+             "", "| beta | KL (final / max) | val. reward margin | val. accuracy | pairwise DPO vs SFT | task metrics (SFT+DPO) "
              "| experiment |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['beta']} | {r['kl']} / {r['kl_max']} | {r['reward_margin']} | {r['reward_accuracy']} | "
-                     f"{r['win_rate']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | {r['severity_match']} | "
+                     f"{r['win_rate']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | {r['task_metrics']} | "
                      f"{r['experiment']} |")
     return "\n".join(lines) + "\n"
 

@@ -48,17 +48,16 @@ def main() -> None:
 
     from datasets import Dataset
     from dvclive import Live
-    from peft import LoraConfig
     from transformers import PrinterCallback, TrainerCallback, set_seed
     from transformers.integrations import DVCLiveCallback
     from trl import DPOConfig, DPOTrainer
 
-    from stages.models import device, load_policy, load_tokenizer, save_adapter, sequence_kl
+    from stages.models import device, load_policy, load_tokenizer, lora_config, save_adapter, sequence_kl
 
     class KLMonitor(TrainerCallback):
         """Every `train.kl_every` steps: KL(policy || SFT reference) on held-out prompts, logged beside rewards."""
 
-        def __init__(self, prompts: list[str]):
+        def __init__(self, prompts: list[list[dict]]):
             self.prompts, self.history = prompts, []
 
         def measure(self, model, step: int) -> None:
@@ -87,7 +86,7 @@ def main() -> None:
         raise UserError(f"train.logging_steps ({cfg.logging_steps}) is more than the {steps:.0f} optimizer steps "
                         f"of this run ({len(split['train'])} pairs): nothing would be logged")
     # --- model & tokenizer: the SFT model (merged), a fresh LoRA goes on top
-    tokenizer = load_tokenizer(paths.base_model)
+    tokenizer = load_tokenizer(paths)
     model = load_policy("sft", paths).train()
     # --- training
     start = time.time()
@@ -98,6 +97,7 @@ def main() -> None:
             # RPO-style: an NLL term on the chosen response keeps its likelihood from falling with the rejected
             loss_type=[cfg.loss_type, "sft"] if cfg.sft_weight else [cfg.loss_type],
             loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight else None,
+            label_smoothing=cfg.label_smoothing, discopop_tau=cfg.discopop_tau,
             num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=cfg.batch_size, lr_scheduler_type="linear", warmup_steps=0.1,
             max_length=params.model.max_length, logging_steps=cfg.logging_steps, eval_strategy="steps",
@@ -105,10 +105,9 @@ def main() -> None:
             seed=params.seed, data_seed=params.seed, bf16=False, gradient_checkpointing=False,
             use_cpu=device() == "cpu", disable_tqdm=True,
         )
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules="all-linear", task_type="CAUSAL_LM")
+        lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
         live = Live(dir=paths.train_live, dvcyaml=None, save_dvc_exp=False)
-        kl_monitor = KLMonitor([r["prompt"][0]["content"] for r in split["test"]][:cfg.kl_prompts])
+        kl_monitor = KLMonitor([r["prompt"] for r in split["test"]][:cfg.kl_prompts])
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=split["train"],
                              eval_dataset=split["test"], processing_class=tokenizer, peft_config=lora,
                              callbacks=[Callback(live=live), kl_monitor])

@@ -24,7 +24,7 @@ from stages.tasks import incident_triage as task
 from tests.fake_anthropic import FakeAnthropic
 
 KEY = "sk-ant-test-SECRET-0123456789"
-POLICY = (Path(__file__).resolve().parents[1] / "data" / "policy.md").read_text()
+POLICY = (Path(__file__).resolve().parents[1] / "data" / "incident_triage" / "policy.md").read_text()
 
 
 def section(text: str, tag: str) -> str:
@@ -221,8 +221,8 @@ def test_unpriced_model_is_refused(tmp_path):
 def stage_dir(tmp_path: Path, base_url: str) -> Path:
     root = Path(__file__).resolve().parents[1]
     work = tmp_path / "work"
-    (work / "data").mkdir(parents=True)
-    (work / "data" / "policy.md").write_text(POLICY)
+    (work / "data" / "incident_triage").mkdir(parents=True)
+    (work / "data" / "incident_triage" / "policy.md").write_text(POLICY)
     raw = yaml.safe_load((root / "params.yaml").read_text())
     raw["judge"].update({"backend": "anthropic", "base_url": base_url, "cache_dir": str(tmp_path / "cache"),
                          "concurrency": 2})

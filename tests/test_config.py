@@ -14,7 +14,9 @@ from tests.conftest import run_stage
 def test_shipped_params_load(root):
     p = load_params(root / "params.yaml")
     assert p.model.base == "builtin:tiny"
-    assert p.sample.temperatures == (0.7, 1.2)
+    assert p.sample.temperatures == [0.7, 1.2] and p.sample.num_candidates == 2
+    assert p.preferences.source == "generated" and p.model.sft is None
+    assert p.task_files.eval_prompts == "data/incident_triage/eval.jsonl"
     assert p.judge.backend == "rubric"
     assert p.train.beta == 0.1
 
@@ -32,7 +34,18 @@ def edited(root, tmp_path, edit) -> str:
     (lambda r: r["train"].update(beta=0), "train.beta: Input should be greater than 0"),
     (lambda r: r["train"].update(beta="high"), "train.beta: Input should be a valid number"),
     (lambda r: r["judge"].update(backend="gpt"), "judge.backend: Input should be 'rubric'"),
-    (lambda r: r["sample"].update(temperatures=[0.7]), "sample.temperatures"),
+    (lambda r: r["sample"].update(temperatures=[0.7]), "one temperature per candidate: 1 temperatures for "
+                                                        "num_candidates 2"),
+    (lambda r: r["sample"].update(num_candidates=1, temperatures=[1.0]), "sample.num_candidates: Input should be "
+                                                                          "greater than or equal to 2"),
+    (lambda r: r["train"].update(loss_type="dpo"), "train.loss_type: Input should be 'sigmoid'"),
+    (lambda r: r["train"].update(loss_type="exo_pair"), "exo_pair needs label_smoothing > 0"),
+    (lambda r: r["train"].update(loss_type="robust", label_smoothing=0.5), "robust needs label_smoothing in"),
+    (lambda r: r["train"].update(label_smoothing=0.1), "label_smoothing has no effect with loss_type sigmoid"),
+    (lambda r: r["model"].update(lora_target_modules=[]), "model.lora_target_modules"),
+    (lambda r: r["preferences"].update(source="prefs.csv"), "preferences.source: Value error, expected "
+                                                            "'generated'"),
+    (lambda r: r.update(task="my tasks"), "task: String should match pattern"),
     (lambda r: r["sample"].update(temperatures=[0.0, 1.0]), "temperatures must be > 0"),
     (lambda r: r["model"].update(base="builtin:huge"), "unknown builtin model 'builtin:huge'"),
     (lambda r: r.pop("eval"), "eval: missing key"),
@@ -43,6 +56,27 @@ def test_bad_params_name_the_key(root, tmp_path, edit, message):
         load_params(edited(root, tmp_path, edit))
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda r: r["train"].update(loss_type="robust", label_smoothing=0.1),
+    lambda r: r["train"].update(loss_type="exo_pair", label_smoothing=1e-3),
+    lambda r: r["train"].update(loss_type="ipo"),
+    lambda r: r["sample"].update(num_candidates=4, temperatures=[0.5, 0.8, 1.0, 1.3]),
+    lambda r: r["model"].update(lora_target_modules=["q_proj", "v_proj"], sft="adapters/my-sft"),
+    lambda r: r["preferences"].update(source="hf:HuggingFaceH4/ultrafeedback_binarized", max_pairs=2000),
+])
+def test_valid_alternatives_load(root, tmp_path, edit):
+    load_params(edited(root, tmp_path, edit))
+
+
+def test_an_unknown_task_names_the_param(root, tmp_path):
+    from stages.tasks import get_task
+
+    with pytest.raises(UserError, match=r"^task: cannot import 'my_tasks.nope' .*builtin \(incident_triage, "):
+        get_task("my_tasks.nope")
+    with pytest.raises(UserError, match=r"^task: module json lacks NAME, METRICS"):
+        get_task("json")
 
 
 def test_invalid_yaml_names_file_and_line(tmp_path):
@@ -79,7 +113,8 @@ BROKEN = ROW + ROW + '{"id": "c", "prompt": \n'
     ("train", "preferences"), ("eval", "eval_prompts"),
 ])
 def test_a_malformed_jsonl_line_names_file_and_line(workdir, stage, path_key):
-    path = getattr(load_params(workdir / "params.yaml").paths, path_key)
+    params = load_params(workdir / "params.yaml")
+    path = getattr(params.task_files if hasattr(params.task_files, path_key) else params.paths, path_key)
     (workdir / path).parent.mkdir(parents=True, exist_ok=True)
     (workdir / path).write_text(BROKEN)
     before = {p for p in workdir.rglob("*")}
@@ -91,19 +126,19 @@ def test_a_malformed_jsonl_line_names_file_and_line(workdir, stage, path_key):
 
 
 def test_a_missing_field_names_file_line_and_field(workdir):
-    (workdir / "data" / "eval.jsonl").write_text('{"id": "a", "prompt": "x"}\n{"id": "b"}\n')
+    (workdir / "data" / "incident_triage" / "eval.jsonl").write_text('{"id": "a", "prompt": "x"}\n{"id": "b"}\n')
     proc = run_stage("eval", workdir)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: data/eval.jsonl:2: missing field 'prompt'"
+    assert proc.stderr.strip() == "error: data/incident_triage/eval.jsonl:2: missing field 'prompt'"
 
 
 def test_bad_bytes_and_mistyped_fields_name_file_and_line(workdir):
-    (workdir / "data" / "eval.jsonl").write_bytes(b'{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "\xff"}\n')
+    (workdir / "data" / "incident_triage" / "eval.jsonl").write_bytes(b'{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "\xff"}\n')
     proc = run_stage("eval", workdir)
-    assert (proc.returncode, proc.stderr.strip()) == (2, "error: data/eval.jsonl:2: not UTF-8")
-    (workdir / "data" / "eval.jsonl").write_text('{"id": "a", "prompt": 123}\n')
+    assert (proc.returncode, proc.stderr.strip()) == (2, "error: data/incident_triage/eval.jsonl:2: not UTF-8")
+    (workdir / "data" / "incident_triage" / "eval.jsonl").write_text('{"id": "a", "prompt": 123}\n')
     proc = run_stage("eval", workdir)
-    assert (proc.returncode, proc.stderr.strip()) == (2, "error: data/eval.jsonl:1: field 'prompt' must be a "
+    assert (proc.returncode, proc.stderr.strip()) == (2, "error: data/incident_triage/eval.jsonl:1: field 'prompt' must be a "
                                                          "string, got int")
 
 

@@ -24,7 +24,7 @@ TINY = {
     "train": {"epochs": 1, "batch_size": 8, "logging_steps": 1, "eval_fraction": 0.2},
     "eval": {"max_new_tokens": 48, "bootstrap_samples": 200},
 }
-ROWS = {"sft_data": 800, "prompts": 80, "eval_prompts": 40}
+ROWS = {"sft.jsonl": 800, "prompts.jsonl": 80, "eval.jsonl": 40}  # of every task's shipped files
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -43,9 +43,9 @@ def repo(tmp_path_factory, request) -> Path:
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(root / f, dest / f)
     params = yaml.safe_load((dest / "params.yaml").read_text())
-    for key, n in ROWS.items():  # smaller data: the head of each shipped file
-        path = dest / params["paths"][key]
-        path.write_text("".join(path.read_text().splitlines(keepends=True)[:n]))
+    for name, n in ROWS.items():  # smaller data: the head of each shipped file
+        for path in (dest / params["paths"]["data"]).glob(f"*/{name}"):
+            path.write_text("".join(path.read_text().splitlines(keepends=True)[:n]))
     (dest / "params.yaml").write_text(yaml.safe_dump(merge(params, TINY), sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t",
                                                               "commit", "-qm", "tiny"]):
@@ -77,10 +77,10 @@ def test_repro_writes_the_three_way_comparison(repo, reproduced):
     for metric in ("format_conformance", "severity_match", "faithfulness", "mean_tokens"):
         assert set(ev[metric]) == {"base", "sft", "dpo"}, metric
     pw = ev["pairwise_dpo_vs_sft"]
-    assert pw["wins"] + pw["losses"] + pw["ties"] == pw["n"] == ev["n_prompts"] == ROWS["eval_prompts"]
+    assert pw["wins"] + pw["losses"] + pw["ties"] == pw["n"] == ev["n_prompts"] == ROWS["eval.jsonl"]
     assert pw["ci_low"] <= pw["win_rate"] <= pw["ci_high"]
     judge = json.loads((repo / "metrics/judge.json").read_text())
-    assert judge["pairs"] + judge["ties"] == judge["prompts"] == ROWS["prompts"]
+    assert judge["pairs"] + judge["ties"] == judge["prompts"] == ROWS["prompts.jsonl"]
     report = (repo / "reports/report.md").read_text()
     assert "| Metric | Base | SFT | SFT+DPO | Δ DPO over SFT |" in report
     pairs = [json.loads(x) for x in (repo / "artifacts/preferences.jsonl").read_text().splitlines()]
@@ -150,3 +150,55 @@ def test_claude_as_judge_end_to_end(repo, reproduced, tmp_path):
     for path in [*repo.rglob("*"), *(tmp_path / "cache").rglob("*")]:  # .git, .dvc and the cache included
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
+
+
+def baseline_params(repo: Path) -> None:
+    """An experiment leaves its params in the workspace; the next one starts from the committed ones."""
+    sh(repo, "git", "checkout", "HEAD", "--", "params.yaml")
+
+
+def test_the_second_task_runs_with_one_param_changed(repo, reproduced):
+    baseline_params(repo)
+    out = sh(repo, "dvc", "exp", "run", "-S", "task=number_summary")
+    for stage in ("prepare", "sft", "sample", "judge", "train", "eval", "report"):
+        assert f"Running stage '{stage}'" in out, stage
+    ev = json.loads((repo / "metrics/eval.json").read_text())
+    assert "severity_match" not in ev
+    for metric in ("format_conformance", "numbers_kept", "faithfulness"):
+        assert set(ev[metric]) == {"base", "sft", "dpo"}, metric
+    assert ev["n_prompts"] == ROWS["eval.jsonl"]
+    pairs = [json.loads(x) for x in (repo / "artifacts/preferences.jsonl").read_text().splitlines()]
+    assert "Summarise in at most" in pairs[0]["prompt"][0]["content"]
+    report = (repo / "reports/report.md").read_text()
+    assert "| Numbers kept |" in report and "| Severity match |" not in report
+
+
+def test_my_gpt2_model_my_sft_adapter_and_an_ultrafeedback_parquet(repo, reproduced, tmp_path):
+    """The user's week-2 setup: a GPT-2-architecture base and a LoRA SFT adapter in local folders, and a
+    preference file in ultrafeedback_binarized's schema: sample and judge only convert, train uses the file,
+    eval and the report compare all three models."""
+    from tests.test_preference_sources import ULTRAFEEDBACK, uf_row, write_parquet
+    from tests.tiny_models import save_adapter_for, save_tiny
+
+    base = save_tiny("gpt2", tmp_path / "gpt2", chat_template=False)
+    adapter = save_adapter_for(base, tmp_path / "gpt2-sft")
+    rows = [uf_row(f"Incident {i}: checkout-api is completely down. Triage it.", f"p{i}",
+                   f'{{"severity": "SEV1", "service": "checkout-api", "summary": "outage {i}"}}',
+                   f"It is probably fine {i}.") for i in range(30)]
+    prefs = write_parquet(tmp_path / "prefs.parquet", rows, ULTRAFEEDBACK)
+    baseline_params(repo)
+    out = sh(repo, "dvc", "exp", "run", "-S", f"model.base={base}", "-S", f"model.sft={adapter}",
+             "-S", f"preferences.source={prefs}")
+    assert "sample: skipped, the preference pairs come from" in out
+    assert (repo / "artifacts/samples.jsonl").read_text() == ""
+    judge = json.loads((repo / "metrics/judge.json").read_text())
+    assert (judge["backend"], judge["format"], judge["pairs"]) == ("dataset", "conversational", 30)
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["pairs_train"] + train["pairs_eval"] == 30
+    dpo = json.loads((repo / "models/dpo/adapter_config.json").read_text())
+    assert sorted(dpo["target_modules"]) == ["c_attn", "c_fc", "c_proj"]
+    assert json.loads((repo / "models/sft/manifest.json").read_text())["kind"] == "adapter"
+    ev = json.loads((repo / "metrics/eval.json").read_text())
+    assert set(ev["faithfulness"]) == {"base", "sft", "dpo"}
+    report = (repo / "reports/report.md").read_text()
+    assert "| Metric | Base | SFT | SFT+DPO | Δ DPO over SFT |" in report and "30 pairs from" in report

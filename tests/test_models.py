@@ -1,5 +1,6 @@
-"""Model plumbing on a micro model: the builtin tokenizer's chat template, loading through the Auto classes
-(as a hub model would be), local-folder loading, and seeded generation."""
+"""Model plumbing on micro models: the builtin tokenizer's chat template, loading through the Auto classes
+(as a hub model would be), resolving local folders and hub ids into manifests, SFT adapters and full SFT
+models, LoRA targets for GPT-2 and Qwen2, the chat-template fallback, and seeded generation."""
 
 from __future__ import annotations
 
@@ -7,16 +8,14 @@ import pytest
 
 from stages.chat import assistant, user
 from stages.config import ModelParams, UserError
-from stages.models import build_tokenizer, generate, load_pretrained, load_tokenizer, train_tiny_base
-from stages.tasks import incident_triage as task
-
-TEXTS = [task.pretrain_text(r["prompt"], r["response"])
-         for r in task.generate(seed=3, n_sft=120, n_prompts=1, n_eval=1)["sft"]]
+from stages.models import build_tokenizer, generate, tokenizer_from as load_tokenizer, train_tiny_base
+from tests.tiny_models import TEXTS
 
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
-    cfg = ModelParams(base="builtin:tiny", max_length=128, tiny=dict(
+    cfg = ModelParams(base="builtin:tiny", revision=None, sft=None, lora_target_modules="auto", max_length=128,
+                      tiny=dict(
         vocab_size=320, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, epochs=1,
         learning_rate=1e-3, batch_size=16))
     out = tmp_path_factory.mktemp("base")
@@ -57,18 +56,6 @@ def test_generation_is_seeded_and_batch_independent(micro):
     greedy = dict(kw, temperature=0)
     assert generate(model, tok, prompts, batch_size=2, **greedy) == generate(model, tok, prompts, batch_size=6,
                                                                                 **greedy)
-
-
-def test_local_folder_as_base_model(micro, tmp_path):
-    path, info = micro
-    got = load_pretrained(str(path), tmp_path / "copy")
-    assert got["params"] == info["params"]
-    assert (tmp_path / "copy" / "config.json").exists() and (tmp_path / "copy" / "tokenizer.json").exists()
-
-
-def test_unloadable_base_model_names_the_param(tmp_path):
-    with pytest.raises(UserError, match=r"^model.base: cannot load"):
-        load_pretrained(str(tmp_path / "no-such-model"), tmp_path / "out")
 
 
 def test_kl_of_a_fresh_adapter_is_zero_and_grows_when_it_changes(micro):

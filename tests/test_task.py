@@ -76,7 +76,7 @@ def test_response_metrics():
 @pytest.fixture(scope="module")
 def shipped(request):
     params = load_params(request.config.rootpath / "params.yaml")
-    p = params.paths
+    p = params.task_files
     root = request.config.rootpath
     return params, {s: read_jsonl(root / f) for s, f in (("sft", p.sft_data), ("prompts", p.prompts),
                                                          ("eval", p.eval_prompts))}

@@ -1,30 +1,50 @@
-"""Tasks: the domain a pipeline is about. A task is a module that provides the functions of `Task`;
-adding a task is adding a module and naming it in `TASKS`, nothing else."""
+"""Tasks: the domain a pipeline is about. A task is one module that provides what `Task` lists; its files
+(the written policy, SFT pairs, sampling and held-out prompts) are in <paths.data>/<task>/.
+
+`task:` in params.yaml names a builtin (TASKS) or the import path of your own module, e.g.
+`task: my_tasks.support_replies` with my_tasks/support_replies.py on the Python path (the repository root
+is) and its files in data/my_tasks.support_replies/. Copy stages/tasks/number_summary.py to start one.
+"""
 
 from __future__ import annotations
 
 import importlib
 from typing import Protocol
 
+from stages.config import UserError
+
 
 class Task(Protocol):
     NAME: str
+    # response_metrics' keys -> labels for tables and charts, in display order. Every task has
+    # "format_conformance" (the response is in the required form) and at least one task-specific match.
+    METRICS: dict[str, str]
 
     def generate(self, seed: int, n_sft: int, n_prompts: int, n_eval: int) -> dict[str, list[dict]]:
         """The shipped splits {"sft": [{id, prompt, response}], "prompts": [{id, prompt}], "eval": [...]}."""
 
     def rubric_score(self, prompt: str, response: str) -> tuple[int, str]:
-        """Deterministic 1-5 score and reason by the task's written policy."""
+        """Deterministic 1-5 score and reason by the task's written policy (the offline `rubric` judge)."""
 
     def response_metrics(self, prompt: str, response: str) -> dict[str, float]:
-        """Per-response heuristic metrics in [0, 1], averaged by the eval stage."""
+        """Per-response heuristic metrics in [0, 1] (the keys of METRICS), averaged by the eval stage."""
 
     def pretrain_text(self, prompt: str, response: str) -> str:
         """How one SFT example reads as raw text, for training the builtin base model from scratch."""
 
 
-TASKS = {"incident_triage": "stages.tasks.incident_triage"}
+TASKS = {"incident_triage": "stages.tasks.incident_triage", "number_summary": "stages.tasks.number_summary"}
+REQUIRED = ("NAME", "METRICS", "generate", "rubric_score", "response_metrics", "pretrain_text")
 
 
 def get_task(name: str) -> Task:
-    return importlib.import_module(TASKS[name])  # type: ignore[return-value]
+    module_name = TASKS.get(name, name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"task: cannot import {name!r} ({e}); use a builtin ({', '.join(TASKS)}) or the import "
+                        "path of your task module") from None
+    missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
+    if missing:
+        raise UserError(f"task: module {module_name} lacks {', '.join(missing)} (see stages/tasks/__init__.py)")
+    return module  # type: ignore[return-value]

@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 NAME = "incident_triage"
+METRICS = {"format_conformance": "Format conformance", "severity_match": "Severity match"}
 SEVERITIES = ("SEV1", "SEV2", "SEV3", "SEV4")
 MAX_SUMMARY_WORDS = 12  # the policy's "one short line"
 
