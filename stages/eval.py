@@ -16,7 +16,7 @@ import numpy as np
 from rich import print
 
 from stages import cli
-from stages.config import load_params
+from stages.config import UserError, load_params
 from stages.files import read_jsonl, read_text, write_json, write_jsonl
 from stages.judges import pairwise_both_orders, make_judge
 from stages.stats import bootstrap_ci, pairwise_summary
@@ -25,21 +25,38 @@ from stages.tasks import get_task
 MODELS = ("base", "sft", "dpo")
 
 
+def refuse_overlap(params, rows: list[dict]) -> None:
+    """Held-out means held out: an eval prompt that is also an SFT or sampling prompt is refused."""
+    files = params.task_files
+    for path in (files.sft_data, files.prompts):
+        seen = {r["prompt"]: r["id"] for r in read_jsonl(path, required=("id", "prompt"))}
+        for r in rows:
+            if r["prompt"] in seen:
+                raise UserError(f"{files.eval_prompts}: id {r['id']!r} has the prompt of {path} id "
+                                f"{seen[r['prompt']]!r}; held-out prompts must be in no other split")
+
+
 def main() -> None:
     params = load_params()
     paths, cfg = params.paths, params.eval
     rows = read_jsonl(params.task_files.eval_prompts, required=("id", "prompt"))
+    refuse_overlap(params, rows)
     task = get_task(params.task)
     judge = make_judge(params.judge, task, read_text(params.task_files.policy))
 
-    from stages.models import generate, load_policy, load_tokenizer, sequence_kl
+    from stages.models import fitting, generate, load_policy, load_tokenizer, sequence_kl
 
     # --- generate with each model, same prompts, decoding params and seeds
     tokenizer = load_tokenizer(paths)
-    prompts = [r["prompt"] for r in rows]
-    outputs = {}
+    outputs, n_read = {}, len(rows)
     for name in MODELS:
         model = load_policy(name, paths)
+        if name == "base":  # one architecture, one context: the base decides what fits
+            rows = [rows[i] for i in fitting(model, tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens)]
+            prompts = [r["prompt"] for r in rows]
+            if not rows:
+                raise UserError(f"{params.task_files.eval_prompts}: every prompt is too long for the model's "
+                                f"context with eval.max_new_tokens {cfg.max_new_tokens}")
         outputs[name] = generate(model, tokenizer, prompts, temperature=cfg.temperature, top_p=cfg.top_p,
                                  max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                  seed=params.seed, label=f"eval {name}")
@@ -82,6 +99,7 @@ def main() -> None:
     metrics["pairwise_dpo_vs_sft"] = pairwise_summary(outcomes, cfg.bootstrap_samples, params.seed)
     metrics["kl_dpo_vs_sft"] = {k: round(v, 4) for k, v in kl.items()}
     metrics["n_prompts"] = len(records)
+    metrics["dropped_too_long"] = n_read - len(records)  # prompts that left no room for max_new_tokens
     metrics["judge"] = {"backend": judge.name, **judge.usage.as_metrics()}
     intervals = {k: {m: ci95(values(m, k)) for m in MODELS} for k in keys}
     for k in keys:  # paired over prompts: the CI of DPO's gain on the same prompts

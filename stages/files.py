@@ -18,11 +18,12 @@ TEXT = ("id", "prompt", "response")
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...] = (), strings: tuple[str, ...] = TEXT) -> list[dict]:
-    """Rows of a JSONL file; every `required` field present, those also in `strings` strings."""
+    """Rows of a JSONL file; every `required` field present, those also in `strings` non-empty strings, and
+    `id`s unique when `id` is required."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: not found")
-    rows = []
+    rows, ids = [], {}
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
@@ -43,6 +44,12 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = (), strings: tuple[
                 if key in strings and not isinstance(row[key], str):
                     raise UserError(f"{path}:{lineno}: field {key!r} must be a string, got "
                                     f"{type(row[key]).__name__}")
+                if key in strings and not row[key].strip():
+                    raise UserError(f"{path}:{lineno}: field {key!r} is empty")
+            if "id" in required:
+                if row["id"] in ids:
+                    raise UserError(f"{path}:{lineno}: duplicate id {row['id']!r} (first on line {ids[row['id']]})")
+                ids[row["id"]] = lineno
             rows.append(row)
     if not rows:
         raise UserError(f"{path}: no rows")
@@ -63,6 +70,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; move it onto `path` only if the block succeeds (file or folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*"):  # left by a run that was killed before it could clean up
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
         yield tmp

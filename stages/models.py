@@ -149,6 +149,16 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def use_bf16() -> bool:
+    """bf16 where the GPU supports it (Ampere and later): half the memory of float32 and its range, so no
+    loss scaling. Elsewhere float32: CPU results stay exactly reproducible."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def dtype() -> torch.dtype:
+    return torch.bfloat16 if use_bf16() else torch.float32
+
+
 def load_tokenizer(paths: Paths) -> PreTrainedTokenizerBase:
     """The base model's tokenizer, or a full SFT model's own when it has one."""
     sft = model_folder(paths.sft_model) if Path(paths.sft_model).exists() else {}
@@ -166,8 +176,7 @@ def tokenizer_from(path: str | Path) -> PreTrainedTokenizerBase:
 
 
 def load_base(paths: Paths) -> PreTrainedModel:
-    return AutoModelForCausalLM.from_pretrained(model_folder(paths.base_model)["path"],
-                                                dtype=torch.float32).to(device())
+    return AutoModelForCausalLM.from_pretrained(model_folder(paths.base_model)["path"], dtype=dtype()).to(device())
 
 
 def load_sft(paths: Paths) -> PreTrainedModel:
@@ -176,7 +185,7 @@ def load_sft(paths: Paths) -> PreTrainedModel:
 
     sft = model_folder(paths.sft_model)
     if sft["kind"] == "full":
-        return AutoModelForCausalLM.from_pretrained(sft["path"], dtype=torch.float32).to(device())
+        return AutoModelForCausalLM.from_pretrained(sft["path"], dtype=dtype()).to(device())
     return PeftModel.from_pretrained(load_base(paths), sft["path"]).merge_and_unload()
 
 
@@ -237,6 +246,14 @@ def chat_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list) -> list[str]
     """Prompts (a user message's text, or a conversation as a message list) rendered for generation."""
     return [tokenizer.apply_chat_template(p if isinstance(p, list) else user(p), tokenize=False,
                                           add_generation_prompt=True) for p in prompts]
+
+
+def fitting(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list, max_new_tokens: int) -> list[int]:
+    """Indices of the prompts that leave room for `max_new_tokens` in the model's context; a longer prompt
+    would crash generation (positions past the context) or be cut, so stages drop it and say how many."""
+    context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
+    lengths = [len(ids) for ids in tokenizer(chat_prompts(tokenizer, prompts), add_special_tokens=False)["input_ids"]]
+    return [i for i, n in enumerate(lengths) if n + max_new_tokens <= context]
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import time
 from rich import print
 
 from stages import cli
-from stages.config import load_params
+from stages.config import UserError, load_params
 from stages.files import read_jsonl, write_jsonl
 
 
@@ -27,10 +27,18 @@ def main() -> None:
         return
     rows = read_jsonl(params.task_files.prompts, required=("id", "prompt"))
 
-    from stages.models import generate, load_policy, load_tokenizer
+    from stages.models import fitting, generate, load_policy, load_tokenizer
 
     tokenizer = load_tokenizer(paths)
     model = load_policy("sft", paths)
+    keep = fitting(model, tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens)
+    if len(keep) < len(rows):
+        print(f"[bold]sample[/]: dropped {len(rows) - len(keep)} prompts too long for the model's context with "
+              f"{cfg.max_new_tokens} new tokens")
+    rows = [rows[i] for i in keep]
+    if not rows:
+        raise UserError(f"{params.task_files.prompts}: every prompt is too long for the model's context with "
+                        f"sample.max_new_tokens {cfg.max_new_tokens}")
     prompts = [r["prompt"] for r in rows]
     start = time.time()
     by_temp = [

@@ -65,7 +65,7 @@ def main() -> None:
     from trl import SFTConfig, SFTTrainer
     from transformers import PrinterCallback, set_seed
 
-    from stages.models import device, load_base, load_tokenizer, lora_config, save_adapter
+    from stages.models import device, load_base, load_tokenizer, lora_config, save_adapter, use_bf16
 
     set_seed(params.seed)
     # --- model & tokenizer
@@ -80,7 +80,7 @@ def main() -> None:
             output_dir=tmp, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
             max_length=params.model.max_length, logging_steps=25, save_strategy="no", report_to="none",
-            seed=params.seed, data_seed=params.seed, bf16=False, gradient_checkpointing=False,
+            seed=params.seed, data_seed=params.seed, bf16=use_bf16(), gradient_checkpointing=False,
             use_cpu=device() == "cpu", disable_tqdm=True,
         )
         lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)

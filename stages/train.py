@@ -52,7 +52,8 @@ def main() -> None:
     from transformers.integrations import DVCLiveCallback
     from trl import DPOConfig, DPOTrainer
 
-    from stages.models import device, load_policy, load_tokenizer, lora_config, save_adapter, sequence_kl
+    from stages.models import (device, load_policy, load_tokenizer, lora_config, save_adapter, sequence_kl,
+                               use_bf16)
 
     class KLMonitor(TrainerCallback):
         """Every `train.kl_every` steps: KL(policy || SFT reference) on held-out prompts, logged beside rewards."""
@@ -102,7 +103,7 @@ def main() -> None:
             per_device_eval_batch_size=cfg.batch_size, lr_scheduler_type="linear", warmup_steps=0.1,
             max_length=params.model.max_length, logging_steps=cfg.logging_steps, eval_strategy="steps",
             eval_steps=cfg.logging_steps * 2, eval_on_start=True, save_strategy="no", report_to="none",
-            seed=params.seed, data_seed=params.seed, bf16=False, gradient_checkpointing=False,
+            seed=params.seed, data_seed=params.seed, bf16=use_bf16(), gradient_checkpointing=False,
             use_cpu=device() == "cpu", disable_tqdm=True,
         )
         lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)

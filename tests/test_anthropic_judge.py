@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import signal
@@ -227,7 +228,6 @@ def stage_dir(tmp_path: Path, base_url: str) -> Path:
     raw["judge"].update({"backend": "anthropic", "base_url": base_url, "cache_dir": str(tmp_path / "cache"),
                          "concurrency": 2})
     (work / "params.yaml").write_text(yaml.safe_dump(raw))
-    import json
 
     path = work / raw["paths"]["samples"]
     path.parent.mkdir(parents=True)
@@ -279,3 +279,23 @@ def test_anthropic_base_url_from_the_environment(tmp_path, monkeypatch):
         judge = judge_with(params_for(tmp_path, base_url=None))
         [score] = judge.score_all([(REPORT, GOOD)])
         assert score.score == 5 and fake.message_count == 1
+
+
+def test_the_dry_run_counts_one_call_per_candidate_beyond_two(tmp_path):
+    """python -m stages.estimate sends nothing and shows what best-vs-worst over 3 candidates costs."""
+    work = stage_dir(tmp_path, "http://127.0.0.1:9")  # a closed port: any request would fail loudly
+    raw = yaml.safe_load((work / "params.yaml").read_text())
+    raw["sample"].update(num_candidates=3, temperatures=[0.7, 1.0, 1.3])
+    (work / "params.yaml").write_text(yaml.safe_dump(raw))
+    rows = [{**r, "responses": r["responses"] + [{"text": f"third {i}", "temperature": 1.3, "tokens": 2}]}
+            for i, r in enumerate(samples(30))]
+    (work / raw["paths"]["samples"]).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("eval.jsonl", "prompts.jsonl"):
+        (work / "data" / "incident_triage" / name).write_text('{"id": "e", "prompt": "x"}\n')
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "COLUMNS": "200"}
+    env.pop("ANTHROPIC_API_KEY", None)
+    proc = subprocess.run([sys.executable, "-m", "stages.estimate"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if "judge (score 3 candidates, best vs worst)" in x)
+    assert line.split("│")[2].strip() == "90"  # 30 prompts x 3 candidates

@@ -104,8 +104,8 @@ def test_a_stage_with_a_bad_param_exits_2_with_one_line(workdir):
 
 
 # Rows with every field any stage requires, then a truncated line.
-ROW = '{"id": "a", "prompt": "x", "response": "y", "responses": [], "chosen": [], "rejected": []}\n'
-BROKEN = ROW + ROW + '{"id": "c", "prompt": \n'
+ROW = '{"id": "%s", "prompt": "x", "response": "y", "responses": [], "chosen": [], "rejected": []}\n'
+BROKEN = ROW % "a" + ROW % "b" + '{"id": "c", "prompt": \n'
 
 
 @pytest.mark.parametrize("stage, path_key", [
@@ -158,3 +158,23 @@ def test_tiny_model_heads_must_divide_hidden_size(root, tmp_path):
     with pytest.raises(UserError, match="model.tiny: Value error, hidden_size \\(100\\) must be a multiple of "
                                         "num_heads \\(3\\)"):
         load_params(edited(root, tmp_path, lambda r: r["model"]["tiny"].update(hidden_size=100, num_heads=3)))
+
+
+@pytest.mark.parametrize("lines, message", [
+    ('{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "  "}\n', "eval.jsonl:2: field 'prompt' is empty"),
+    ('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', "eval.jsonl:2: duplicate id 'a' (first on line 1)"),
+])
+def test_empty_prompts_and_duplicate_ids_name_file_and_line(workdir, lines, message):
+    (workdir / "data" / "incident_triage" / "eval.jsonl").write_text(lines)
+    proc = run_stage("eval", workdir)
+    assert (proc.returncode, proc.stderr.strip()) == (2, f"error: data/incident_triage/{message}")
+
+
+def test_eval_prompts_that_are_training_prompts_are_refused(workdir):
+    task = workdir / "data" / "incident_triage"
+    sampled = (task / "prompts.jsonl").read_text().splitlines()[5]
+    (task / "eval.jsonl").write_text('{"id": "e1", "prompt": "new"}\n' + sampled.replace('"prompts-', '"e-') + "\n")
+    proc = run_stage("eval", workdir)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: data/incident_triage/eval.jsonl: id 'e-00005' has the prompt of "
+                                  "data/incident_triage/prompts.jsonl id 'prompts-00005'; held-out prompts"), proc.stderr

@@ -116,6 +116,44 @@ def test_dvc_reads_the_committed_results(repo, reproduced):
     assert len(points) > 2 and all("margins" in p and "step" in p for p in points)
 
 
+def test_a_fresh_clone_pulls_from_a_remote_and_reruns_nothing(repo, reproduced, tmp_path):
+    """Artefacts travel through a DVC remote (a local folder here; S3, GCS, SSH... the same way)."""
+    store = tmp_path / "store"
+    sh(repo, "dvc", "remote", "add", "--local", "-d", "store", str(store))
+    sh(repo, "dvc", "push")
+    clone = tmp_path / "clone"
+    sh(repo, "git", "clone", "-q", str(repo), str(clone))
+    sh(clone, "dvc", "remote", "add", "--local", "-d", "store", str(store))
+    sh(clone, "dvc", "pull")
+    assert (clone / "models/dpo/adapter_config.json").exists()
+    out = sh(clone, "dvc", "repro")
+    assert "Running stage" not in out, out
+    assert "up to date" in sh(clone, "dvc", "status")
+
+
+def test_a_stage_killed_midway_leaves_nothing_dvc_accepts_and_reruns_to_the_same_result(repo, reproduced):
+    """SIGKILL to dvc and the train stage mid-training (a machine dying): no half-written adapter or
+    metrics, DVC sees the stage as not done, and the rerun gives the uninterrupted run's result."""
+    import signal
+    import time
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(["dvc", "repro", "-f", "-s", "train"], cwd=repo, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    loss = repo / "dvclive/train/plots/metrics/loss.tsv"
+    deadline = time.time() + 300
+    while not (loss.exists() and len(loss.read_text().splitlines()) > 2):  # training has taken steps
+        assert proc.poll() is None and time.time() < deadline, "train finished or stalled before the kill"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (repo / "models/dpo").exists() and not (repo / "metrics/train.json").exists()
+    assert "train" in sh(repo, "dvc", "status")
+    sh(repo, "dvc", "repro")
+    assert sh(repo, "git", "status", "--porcelain", "dvc.lock", "metrics") == ""
+    assert not list((repo / "models").glob(".dpo.*"))  # the killed run's temporary folder is cleaned up
+
+
 def test_a_beta_experiment_reuses_samples_and_judgments(repo, reproduced):
     out = sh(repo, "dvc", "exp", "run", "-S", "train.beta=0.3")
     assert "Running stage 'train'" in out
@@ -123,6 +161,21 @@ def test_a_beta_experiment_reuses_samples_and_judgments(repo, reproduced):
         assert f"Running stage '{stage}'" not in out, out
     table = sh(repo, "dvc", "exp", "show", "--md", "--no-pager")
     assert "beta" in table and "0.3" in table and "0.1" in table and "severity_match" in table
+
+
+def test_queued_experiments_run_two_at_a_time(repo, reproduced):
+    """A sweep on DVC's experiment queue: `dvc exp run --run-all -j 2` runs queued experiments in parallel,
+    each in its own temporary workspace, sampling and judging taken from the cache."""
+    baseline_params(repo)
+    for beta in ("0.05", "0.5"):
+        sh(repo, "dvc", "exp", "run", "--queue", "-S", f"train.beta={beta}")
+    out = sh(repo, "dvc", "exp", "run", "--run-all", "-j", "2")
+    assert "Running stage 'sample'" not in out and "Running stage 'judge'" not in out
+    rows = json.loads(sh(repo, "dvc", "exp", "show", "--json", "--no-pager"))
+    betas = {rev["data"]["params"]["params.yaml"]["data"]["train"]["beta"]
+             for commit in rows for exp in commit.get("experiments") or [] for rev in exp["revs"]
+             if rev["data"].get("metrics")}
+    assert {0.05, 0.5} <= betas
 
 
 def test_claude_as_judge_end_to_end(repo, reproduced, tmp_path):

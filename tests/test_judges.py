@@ -91,3 +91,43 @@ def test_label_noise_flips_a_seeded_share_of_pairs():
     assert all(p["chosen"].startswith("bad") == p.get("label_flipped", False) for p in noisy)
     assert add_label_noise(pairs, 0.2, seed=1) == (noisy, 10)  # the same pairs every run
     assert add_label_noise(pairs, 0.0, seed=1) == (pairs, 0)
+
+
+def candidates(*texts: str) -> dict:
+    return {"id": "p", "prompt": REPORT, "responses": [{"text": t, "temperature": 0.5 + i / 10, "tokens": 1}
+                                                       for i, t in enumerate(texts)]}
+
+
+def test_more_than_two_candidates_pair_the_best_with_the_worst():
+    judge = RubricJudge(incident_triage)
+    samples = [candidates(WRONG, GOOD, BROKEN, WRONG),   # scores 3, 5, 1, 3
+               candidates(GOOD, GOOD, GOOD, GOOD),       # all 5: a tie, dropped
+               candidates(BROKEN, WRONG, GOOD, GOOD)]    # 1, 3, 5, 5: the first of the best
+    pairs, judged, counts = build_pairs(samples, judge)
+    assert judge.usage.answers == 12  # one score per candidate: num_candidates calls a prompt
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [(GOOD, BROKEN)] * 2
+    assert [(p["chosen_temperature"], p["rejected_temperature"]) for p in pairs] == [(0.6, 0.7), (0.7, 0.5)]
+    assert counts["ties"] == 1 and counts["invalid"] == 0
+    assert [j.picks for j in judged] == [(1, 2), (0, 0), (2, 0)]
+
+
+class PartlyInvalidScorer:
+    """Scores the candidates in `valid` (flat indices over all prompts' candidates); the rest are invalid."""
+
+    name = "partly"
+
+    def __init__(self, valid: dict[int, int]):
+        self.valid = valid
+
+    def score_all(self, items):
+        from stages.judges import Score
+
+        return [Score(score=self.valid[i], reason="") if i in self.valid else None for i in range(len(items))]
+
+
+def test_best_vs_worst_uses_valid_scores_only_and_needs_two():
+    samples = [candidates(GOOD, WRONG, BROKEN), candidates(GOOD, WRONG, BROKEN)]
+    pairs, judged, counts = build_pairs(samples, PartlyInvalidScorer({0: 2, 2: 4, 4: 5}))
+    assert [j.picks for j in judged[:1]] == [(2, 0)]  # the invalid middle candidate is skipped
+    assert judged[1].verdict is None and counts["invalid"] == 1  # one valid score of three: invalid
+    assert len(pairs) == 1 and pairs[0]["chosen"][0]["content"] == BROKEN

@@ -80,3 +80,18 @@ def test_kl_of_a_fresh_adapter_is_zero_and_grows_when_it_changes(micro):
     moved = sequence_kl(model, tok, prompts, **kw)
     assert moved["kl"] > 0.01 and moved["kl_per_token"] > 0  # a KL estimate from samples of the policy
     assert torch.equal(torch.random.get_rng_state(), state)  # measuring leaves the caller's RNG alone
+
+
+def test_prompts_too_long_for_the_context_are_found_not_crashed_on(micro):
+    from transformers import AutoModelForCausalLM
+
+    from stages.models import fitting
+
+    path, _ = micro
+    model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), load_tokenizer(str(path))
+    context = model.config.max_position_embeddings
+    prompts = ["search is down.", "search is down. " * context, "payments is slow."]
+    assert fitting(model, tok, prompts, max_new_tokens=16) == [0, 2]
+    out = generate(model, tok, [prompts[i] for i in fitting(model, tok, prompts, 16)], temperature=0, top_p=1.0,
+                   max_new_tokens=16, batch_size=4, seed=0)
+    assert len(out) == 2

@@ -9,7 +9,8 @@ is) and its files in data/my_tasks.support_replies/. Copy stages/tasks/number_su
 from __future__ import annotations
 
 import importlib
-from typing import Protocol
+import random
+from typing import Any, Callable, Protocol
 
 from stages.config import UserError
 
@@ -48,3 +49,26 @@ def get_task(name: str) -> Task:
     if missing:
         raise UserError(f"task: module {module_name} lacks {', '.join(missing)} (see stages/tasks/__init__.py)")
     return module  # type: ignore[return-value]
+
+
+def disjoint_splits(seed: int, sizes: dict[str, int], draw: Callable[[random.Random], tuple[str, Any]],
+                    annotate: Callable[[Any, random.Random], str]) -> dict[str, list[dict]]:
+    """A task's shipped splits from its generator: `draw` makes (prompt, item), `annotate` an SFT response for
+    the item. Splits are drawn in the order of `sizes` from one seeded RNG; a prompt text appears in at most
+    one split, which is what held-out means."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    splits: dict[str, list[dict]] = {}
+    for split, n in sizes.items():
+        rows: list[dict] = []
+        while len(rows) < n:
+            prompt, item = draw(rng)
+            if prompt in seen:
+                continue
+            seen.add(prompt)
+            row = {"id": f"{split}-{len(rows):05d}", "prompt": prompt}
+            if split == "sft":
+                row["response"] = annotate(item, rng)
+            rows.append(row)
+        splits[split] = rows
+    return splits

@@ -19,6 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from stages.tasks import disjoint_splits
+
 NAME = "incident_triage"
 METRICS = {"format_conformance": "Format conformance", "severity_match": "Severity match"}
 SEVERITIES = ("SEV1", "SEV2", "SEV3", "SEV4")
@@ -223,25 +225,14 @@ def _annotate(inc: Incident, rng: random.Random) -> str:
     return answer
 
 
+def _draw(rng: random.Random) -> tuple[str, Incident]:
+    inc = _incident(rng)
+    return render_report(inc, rng), inc
+
+
 def generate(seed: int, n_sft: int, n_prompts: int, n_eval: int) -> dict[str, list[dict]]:
     """The shipped splits. A prompt text appears in at most one split."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    splits: dict[str, list[dict]] = {}
-    for split, n in (("eval", n_eval), ("prompts", n_prompts), ("sft", n_sft)):
-        rows: list[dict] = []
-        while len(rows) < n:
-            inc = _incident(rng)
-            report = render_report(inc, rng)
-            if report in seen:
-                continue
-            seen.add(report)
-            row = {"id": f"{split}-{len(rows):05d}", "prompt": report}
-            if split == "sft":
-                row["response"] = _annotate(inc, rng)
-            rows.append(row)
-        splits[split] = rows
-    return splits
+    return disjoint_splits(seed, {"eval": n_eval, "prompts": n_prompts, "sft": n_sft}, _draw, _annotate)
 
 
 def pretrain_text(prompt: str, response: str) -> str:

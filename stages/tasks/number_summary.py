@@ -16,6 +16,8 @@ import random
 import re
 from dataclasses import dataclass
 
+from stages.tasks import disjoint_splits
+
 NAME = "number_summary"
 METRICS = {"format_conformance": "Within the word limit", "numbers_kept": "Numbers kept",
            "no_invented_numbers": "No invented numbers"}
@@ -308,24 +310,14 @@ def _annotate(update: Update, rng: random.Random) -> str:
     return summary
 
 
+def _draw(rng: random.Random) -> tuple[str, Update]:
+    update = _update(rng)
+    return update.prompt, update
+
+
 def generate(seed: int, n_sft: int, n_prompts: int, n_eval: int) -> dict[str, list[dict]]:
     """The shipped splits. A prompt text appears in at most one split."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    splits: dict[str, list[dict]] = {}
-    for split, n in (("eval", n_eval), ("prompts", n_prompts), ("sft", n_sft)):
-        rows: list[dict] = []
-        while len(rows) < n:
-            update = _update(rng)
-            if update.prompt in seen:
-                continue
-            seen.add(update.prompt)
-            row = {"id": f"{split}-{len(rows):05d}", "prompt": update.prompt}
-            if split == "sft":
-                row["response"] = _annotate(update, rng)
-            rows.append(row)
-        splits[split] = rows
-    return splits
+    return disjoint_splits(seed, {"eval": n_eval, "prompts": n_prompts, "sft": n_sft}, _draw, _annotate)
 
 
 def pretrain_text(prompt: str, response: str) -> str:
