@@ -193,11 +193,20 @@ class TrainParams(Lora):
     label_smoothing: float = Field(ge=0, lt=1)  # robust: assumed label-flip rate; exo_pair: epsilon
     discopop_tau: float = Field(gt=0)           # discopop only
     sft_weight: float = Field(ge=0)
+    precompute_ref_log_probs: bool  # one reference pass over the pairs before training, none per step
+    num_processes: int = Field(ge=1)  # > 1: torchrun, each process a share of every batch
     eval_fraction: float = Field(gt=0, lt=1)
     logging_steps: int = Field(gt=0)
     kl_every: int = Field(gt=0)
     kl_prompts: int = Field(gt=0)
     kl_max_new_tokens: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def batch_divides(self) -> "TrainParams":
+        if self.batch_size % self.num_processes:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_processes "
+                             f"({self.num_processes}): each process takes an equal share of every batch")
+        return self
 
     @model_validator(mode="after")
     def loss_parameters(self) -> "TrainParams":

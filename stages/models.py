@@ -146,7 +146,8 @@ def model_folder(out_dir: str | Path) -> dict:
 
 
 def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    # Under torchrun each process drives the GPU of its local rank.
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
 
 
 def use_bf16() -> bool:

@@ -2,6 +2,10 @@
 
     python -m stages.train          (run by `dvc repro` as stage `train`)
 
+With `train.num_processes` > 1 the stage re-launches itself under torchrun (gloo on CPU, NCCL on GPUs): each
+process trains on its share of every batch (the global batch stays `train.batch_size`), and process 0 alone
+logs, measures KL and writes the outputs. For multi-GPU, FSDP or DeepSpeed, see the README.
+
 The SFT adapter is merged into the base weights, and a fresh LoRA adapter is trained on top. With
 `ref_model=None` TRL computes the reference log-probs with the adapter disabled, i.e. the reference policy
 is exactly the SFT model: rewards start at ~0 (metrics/train.json keeps the first logged value).
@@ -12,6 +16,9 @@ Training curves go through transformers' DVCLive callback to `paths.train_live` 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -86,12 +93,19 @@ def main() -> None:
     if cfg.logging_steps > steps:
         raise UserError(f"train.logging_steps ({cfg.logging_steps}) is more than the {steps:.0f} optimizer steps "
                         f"of this run ({len(split['train'])} pairs): nothing would be logged")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if cfg.num_processes > 1 and world == 1:  # checked the inputs here once; now the real run, N processes
+        sys.exit(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 f"--nproc_per_node={cfg.num_processes}", "-m", "stages.train"]).returncode)
+    main_process = int(os.environ.get("RANK", 0)) == 0
     # --- model & tokenizer: the SFT model (merged), a fresh LoRA goes on top
     tokenizer = load_tokenizer(paths)
     model = load_policy("sft", paths).train()
     # --- training
     start = time.time()
-    print(f"[bold]train[/]: DPO on {len(split['train'])} pairs, beta {cfg.beta}, {steps:.0f} steps ...")
+    if main_process:
+        print(f"[bold]train[/]: DPO on {len(split['train'])} pairs, beta {cfg.beta}, {steps:.0f} steps, "
+              f"{world} process{'es' if world > 1 else ''} ...")
     with tempfile.TemporaryDirectory() as tmp:
         args = DPOConfig(
             output_dir=tmp, beta=cfg.beta, learning_rate=cfg.learning_rate,
@@ -99,7 +113,8 @@ def main() -> None:
             loss_type=[cfg.loss_type, "sft"] if cfg.sft_weight else [cfg.loss_type],
             loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight else None,
             label_smoothing=cfg.label_smoothing, discopop_tau=cfg.discopop_tau,
-            num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+            precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+            num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size // world,
             per_device_eval_batch_size=cfg.batch_size, lr_scheduler_type="linear", warmup_steps=0.1,
             max_length=params.model.max_length, logging_steps=cfg.logging_steps, eval_strategy="steps",
             eval_steps=cfg.logging_steps * 2, eval_on_start=True, save_strategy="no", report_to="none",
@@ -107,14 +122,18 @@ def main() -> None:
             use_cpu=device() == "cpu", disable_tqdm=True,
         )
         lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-        live = Live(dir=paths.train_live, dvcyaml=None, save_dvc_exp=False)
         kl_monitor = KLMonitor([r["prompt"] for r in split["test"]][:cfg.kl_prompts])
+        if main_process:
+            live = Live(dir=paths.train_live, dvcyaml=None, save_dvc_exp=False)
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=split["train"],
                              eval_dataset=split["test"], processing_class=tokenizer, peft_config=lora,
-                             callbacks=[Callback(live=live), kl_monitor])
+                             callbacks=[Callback(live=live), kl_monitor] if main_process else [])
         trainer.remove_callback(PrinterCallback)  # the log dicts go to dvclive, not the terminal
-        kl_monitor.measure(trainer.model, 0)  # 0 by construction: the fresh adapter starts as the reference
+        if main_process:
+            kl_monitor.measure(trainer.model, 0)  # 0 by construction: the fresh adapter starts as the reference
         trainer.train()
+        if not main_process:
+            return
         live.end()
     # No wall-clock time in here: metrics must be identical for identical params.
     summary = {"pairs_train": len(split["train"]), "pairs_eval": len(split["test"]),

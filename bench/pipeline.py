@@ -1,0 +1,65 @@
+"""Where the pipeline's time and memory go: a full `dvc repro` stage by stage, a beta change, a no-op.
+
+    python bench/pipeline.py
+
+In a fresh clone of this repository (a temporary folder, sharing this .venv), runs each stage with
+`dvc repro -s <stage>` and records its wall time and peak RSS (the largest process it ran, from
+getrusage), then `dvc exp run -S train.beta=0.3` (must run train, eval and report only) and a no-op
+`dvc repro`. Prints a table and the beta rerun's and the no-op's share of the full run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("prepare", "sft", "sample", "judge", "train", "eval", "report")
+# Runs one command and prints its wall time and the peak RSS of its largest descendant, in MiB.
+PROBE = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+         "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+         "print(p.returncode, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); "
+         "print(p.stdout + p.stderr)")
+
+
+def measure(repo: Path, *cmd: str) -> tuple[float, float, str]:
+    env = {**os.environ, "PATH": f"{repo / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}", "CI": "1"}
+    out = subprocess.run([sys.executable, "-c", PROBE, *cmd], cwd=repo, env=env, capture_output=True, text=True,
+                         check=True).stdout
+    first, _, log = out.partition("\n")
+    code, seconds, rss = first.split()
+    if code != "0":
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{log[-2000:]}")
+    return float(seconds), float(rss), log
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "repo"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+        (repo / ".venv").symlink_to(ROOT / ".venv")
+        rows = [(f"stage {s}", *measure(repo, "dvc", "repro", "-s", s)[:2]) for s in STAGES]
+        full = sum(r[1] for r in rows)
+        subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", "baseline"],
+                       cwd=repo)
+        seconds, rss, log = measure(repo, "dvc", "exp", "run", "-S", "train.beta=0.3")
+        assert "Running stage 'sample'" not in log and "Running stage 'judge'" not in log, log
+        rows.append(("beta change (dvc exp run -S train.beta=0.3)", seconds, rss))
+        subprocess.run(["git", "checkout", "-q", "--", "params.yaml"], cwd=repo)
+        subprocess.run(["dvc", "checkout", "-q"], cwd=repo, env={**os.environ, "PATH": f"{repo / '.venv/bin'}:"
+                                                                  f"{os.environ['PATH']}"})
+        seconds, rss, _ = measure(repo, "dvc", "repro")
+        rows.append(("no-op dvc repro", seconds, rss))
+    print(f"\n{'step':48} {'seconds':>8} {'peak RSS MiB':>13}")
+    for name, seconds, rss in rows:
+        print(f"{name:48} {seconds:8.1f} {rss:13.0f}")
+    print(f"{'full pipeline (sum of stages)':48} {full:8.1f}")
+    print(f"beta change: {rows[-2][1] / full:.2f} of the full run; no-op: {rows[-1][1] / full:.3f}")
+
+
+if __name__ == "__main__":
+    main()
