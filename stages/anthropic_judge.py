@@ -22,10 +22,10 @@ import json
 import os
 import time
 
-from rich.progress import Progress
 
 from stages.config import JudgeParams, ServiceError, UserError
 from stages.judge_cache import JudgeCache, request_key
+from stages.progress import progress as progress_bar
 from stages.judges import Score, Usage, Verdict
 
 TEMPLATE_VERSION = "1"  # bump when the prompt below changes: it is part of every cache key
@@ -231,7 +231,7 @@ class AnthropicJudge:
                     reserved -= worst
                     progress.advance(bar)
 
-        with Progress(transient=not os.environ.get("CI")) as progress:
+        with progress_bar("calls") as progress:
             bar = progress.add_task(f"judging with {self.cfg.model}", total=len(todo))
             await asyncio.gather(*(judge_one(k, b) for k, b in todo.items()))
         if stop:
@@ -268,7 +268,7 @@ class AnthropicJudge:
         await self._collect(client, batch.id, todo)
 
     async def _collect(self, client, batch_id: str, bodies: dict[str, dict]) -> None:
-        with Progress(transient=not os.environ.get("CI")) as progress:
+        with progress_bar("calls") as progress:
             bar = progress.add_task(f"batch {batch_id}", total=None)
             while True:
                 batch = await client.messages.batches.retrieve(batch_id)

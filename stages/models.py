@@ -15,11 +15,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from rich.progress import Progress
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from stages.chat import user
 from stages.config import ModelParams, Paths, UserError
+from stages.progress import TrainingProgress, progress as progress_bar
 
 # A minimal chat template: `<|user|>\n...<|end|>\n<|assistant|>\n...<|end|>\n`. The rendered prompt is a
 # prefix of the rendered prompt+completion, which TRL's completion-only loss relies on.
@@ -74,7 +74,8 @@ def train_tiny_base(texts: list[str], cfg: ModelParams, seed: int, out_dir: Path
             use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
         )
         trainer = Trainer(model=model, args=args, train_dataset=ds,
-                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+                          callbacks=[TrainingProgress("pre-training the builtin model")])
         trainer.remove_callback(PrinterCallback)
         result = trainer.train()
     model.save_pretrained(out_dir)
@@ -265,7 +266,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     `seed`, so the same prompts and params give the same responses whatever ran before."""
     tokenizer.padding_side = "left"
     out: list[dict] = []
-    with Progress(transient=not os.environ.get("CI")) as progress:
+    with progress_bar("prompts") as progress:
         bar = progress.add_task(label, total=len(prompts))
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]

@@ -21,6 +21,7 @@ from stages import cli
 from stages.chat import assistant, user
 from stages.config import Params, UserError, load_params
 from stages.files import atomic_path, read_jsonl
+from stages.progress import TrainingProgress
 
 
 def use_existing(params: Params) -> dict:
@@ -85,7 +86,7 @@ def main() -> None:
         )
         lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
-                             peft_config=lora)
+                             peft_config=lora, callbacks=[TrainingProgress("sft")])
         trainer.remove_callback(PrinterCallback)
         result = trainer.train()
     with atomic_path(paths.sft_model) as out:

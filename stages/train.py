@@ -27,6 +27,7 @@ from rich import print
 from stages import cli
 from stages.config import UserError, load_params
 from stages.files import atomic_path, read_jsonl, write_json
+from stages.progress import TrainingProgress
 
 
 def without_timings(logs: dict) -> dict:
@@ -127,7 +128,8 @@ def main() -> None:
             live = Live(dir=paths.train_live, dvcyaml=None, save_dvc_exp=False)
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=split["train"],
                              eval_dataset=split["test"], processing_class=tokenizer, peft_config=lora,
-                             callbacks=[Callback(live=live), kl_monitor] if main_process else [])
+                             callbacks=[Callback(live=live), kl_monitor, TrainingProgress("DPO")] if main_process
+                             else [])
         trainer.remove_callback(PrinterCallback)  # the log dicts go to dvclive, not the terminal
         if main_process:
             kl_monitor.measure(trainer.model, 0)  # 0 by construction: the fresh adapter starts as the reference

@@ -95,3 +95,24 @@ def test_prompts_too_long_for_the_context_are_found_not_crashed_on(micro):
     out = generate(model, tok, [prompts[i] for i in fitting(model, tok, prompts, 16)], temperature=0, top_p=1.0,
                    max_new_tokens=16, batch_size=4, seed=0)
     assert len(out) == 2
+
+
+def test_progress_shows_count_elapsed_rate_and_eta(monkeypatch):
+    import io
+    import re
+
+    from rich.console import Console
+
+    from stages.progress import progress
+
+    monkeypatch.setenv("CI", "1")  # keep the finished bar on screen
+    out = io.StringIO()
+    with progress("prompts", console=Console(file=out, width=160)) as p:
+        bar = p.add_task("sampling", total=4)
+        for _ in range(4):
+            p.advance(bar)
+    line = out.getvalue().strip().splitlines()[-1]
+    assert "sampling" in line and "4/4" in line and "100%" in line, line
+    assert re.search(r"\d+:\d\d:\d\d", line), line  # elapsed and ETA as h:mm:ss
+    assert re.search(r"[\d,.]+ prompts/s", line), line
+    assert "ETA" in line, line
