@@ -193,7 +193,7 @@ def test_two_training_processes_match_one(repo, reproduced):
     Same pairs, same global batch: the results match the one-process baseline within a tolerance (the two
     processes see the pairs in a different order)."""
     baseline_params(repo)
-    one = json.loads((repo / "metrics/train.json").read_text())
+    one = json.loads(sh(repo, "git", "show", "HEAD:metrics/train.json"))  # the workspace's may be another exp's
     out = sh(repo, "dvc", "exp", "run", "-S", "train.num_processes=2")
     assert "2 processes" in out and "Running stage 'sample'" not in out
     two = json.loads((repo / "metrics/train.json").read_text())
@@ -203,6 +203,19 @@ def test_two_training_processes_match_one(repo, reproduced):
         assert two["eval_final"][key] == pytest.approx(one["eval_final"][key], abs=TOLERANCE[key]), key
     assert two["kl"]["final"] == pytest.approx(one["kl"]["final"], abs=0.05)
     assert (repo / "models/dpo/adapter_config.json").exists()
+
+
+def test_precomputed_reference_log_probs_match_the_per_step_reference(repo, reproduced):
+    """train.precompute_ref_log_probs: the SFT reference runs once over the pairs before training instead
+    of every step. The reference is the same model, so the results match the baseline within tolerance."""
+    baseline_params(repo)
+    one = json.loads(sh(repo, "git", "show", "HEAD:metrics/train.json"))  # the workspace's may be another exp's
+    out = sh(repo, "dvc", "exp", "run", "-S", "train.precompute_ref_log_probs=true")
+    assert "Running stage 'train'" in out and "Running stage 'judge'" not in out
+    pre = json.loads((repo / "metrics/train.json").read_text())
+    assert pre["first_step"]["rewards/margins"] == pytest.approx(0.0, abs=1e-3)
+    for key in ("loss", "rewards/margins", "rewards/accuracies"):
+        assert pre["eval_final"][key] == pytest.approx(one["eval_final"][key], abs=TOLERANCE[key]), key
 
 
 def test_claude_as_judge_end_to_end(repo, reproduced, tmp_path):
