@@ -43,7 +43,9 @@ def bare(params, precompute: bool) -> float:
     start = time.perf_counter()
     set_seed(params.seed)
     tokenizer = AutoTokenizer.from_pretrained(ROOT / paths.base_model)
-    model = AutoModelForCausalLM.from_pretrained(ROOT / paths.base_model, dtype=torch.float32)
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()  # as the stage decides
+    model = AutoModelForCausalLM.from_pretrained(ROOT / paths.base_model,
+                                                 dtype=torch.bfloat16 if bf16 else torch.float32)
     model = PeftModel.from_pretrained(model, ROOT / paths.sft_model).merge_and_unload()
     rows = read_jsonl(ROOT / paths.preferences, required=("prompt", "chosen", "rejected"), strings=())
     ds = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
@@ -55,7 +57,7 @@ def bare(params, precompute: bool) -> float:
             per_device_eval_batch_size=cfg.batch_size, lr_scheduler_type="linear", warmup_steps=0.1,
             max_length=params.model.max_length, logging_steps=cfg.logging_steps, eval_strategy="steps",
             eval_steps=cfg.logging_steps * 2, eval_on_start=True, save_strategy="no", report_to="none",
-            seed=params.seed, use_cpu=True, disable_tqdm=True, precompute_ref_log_probs=precompute,
+            seed=params.seed, use_cpu=not torch.cuda.is_available(), bf16=bf16, disable_tqdm=True, precompute_ref_log_probs=precompute,
         )
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules="all-linear", task_type="CAUSAL_LM")
