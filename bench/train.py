@@ -57,7 +57,8 @@ def bare(params, precompute: bool) -> float:
             per_device_eval_batch_size=cfg.batch_size, lr_scheduler_type="linear", warmup_steps=0.1,
             max_length=params.model.max_length, logging_steps=cfg.logging_steps, eval_strategy="steps",
             eval_steps=cfg.logging_steps * 2, eval_on_start=True, save_strategy="no", report_to="none",
-            seed=params.seed, use_cpu=not torch.cuda.is_available(), bf16=bf16, disable_tqdm=True, precompute_ref_log_probs=precompute,
+            seed=params.seed, use_cpu=not torch.cuda.is_available(), bf16=bf16, disable_tqdm=True,
+            precompute_ref_log_probs=precompute,
         )
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules="all-linear", task_type="CAUSAL_LM")

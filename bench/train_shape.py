@@ -13,7 +13,8 @@ adapter-disabled model as reference), twice: per-step reference and `precompute_
 
 Prints, for each: seconds per step after `--warmup` steps, tokens/s (prompt+chosen and prompt+rejected,
 unpadded), and peak memory (GPU: torch.cuda.max_memory_allocated, reset between the two; CPU: the
-process's peak RSS so far, so the second row includes the first), and the ratio of the two. `--out FILE` also writes them as JSON.
+process's peak RSS so far, so the second row includes the first), and the ratio of the two. `--out FILE`
+also writes them as JSON.
 """
 
 from __future__ import annotations

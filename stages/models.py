@@ -15,11 +15,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase,
+                          TrainerCallback)
 
 from stages.chat import user
 from stages.config import ModelParams, Paths, UserError
-from stages.progress import TrainingProgress, progress as progress_bar
+from stages.progress import progress as progress_bar
 
 # A minimal chat template: `<|user|>\n...<|end|>\n<|assistant|>\n...<|end|>\n`. The rendered prompt is a
 # prefix of the rendered prompt+completion, which TRL's completion-only loss relies on.
@@ -82,6 +83,29 @@ def train_tiny_base(texts: list[str], cfg: ModelParams, seed: int, out_dir: Path
     tokenizer.save_pretrained(out_dir)
     n_params = sum(p.numel() for p in model.parameters())
     return {"params": n_params, "final_loss": round(result.training_loss, 4), "vocab_size": len(tokenizer)}
+
+
+class TrainingProgress(TrainerCallback):
+    """A progress bar over optimizer steps for transformers/TRL trainers (their tqdm bars are off: the log
+    dicts go to dvclive). Drawn by the main process only; it touches no RNG, so results do not change."""
+
+    def __init__(self, description: str) -> None:
+        self.description, self.bar = description, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = progress_bar("steps")
+            self.bar.start()
+            self.task = self.bar.add_task(self.description, total=state.max_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 # ---------------------------------------------------------------------------------------------------------

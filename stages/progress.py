@@ -11,7 +11,6 @@ import os
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskProgressColumn,
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
-from transformers import TrainerCallback
 
 
 class RateColumn(ProgressColumn):
@@ -33,25 +32,3 @@ def progress(unit: str = "it", console=None) -> Progress:
                     TimeRemainingColumn(), console=console,
                     transient=not os.environ.get("CI"))
 
-
-class TrainingProgress(TrainerCallback):
-    """A progress bar over optimizer steps for transformers/TRL trainers (their tqdm bars are off: the log
-    dicts go to dvclive). Drawn by the main process only; it touches no RNG, so results do not change."""
-
-    def __init__(self, description: str) -> None:
-        self.description, self.bar = description, None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.bar = progress("steps")
-            self.bar.start()
-            self.task = self.bar.add_task(self.description, total=state.max_steps)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.update(self.task, completed=state.global_step)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None

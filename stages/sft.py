@@ -21,7 +21,6 @@ from stages import cli
 from stages.chat import assistant, user
 from stages.config import Params, UserError, load_params
 from stages.files import atomic_path, read_jsonl
-from stages.progress import TrainingProgress
 
 
 def use_existing(params: Params) -> dict:
@@ -66,7 +65,8 @@ def main() -> None:
     from trl import SFTConfig, SFTTrainer
     from transformers import PrinterCallback, set_seed
 
-    from stages.models import device, load_base, load_tokenizer, lora_config, save_adapter, use_bf16
+    from stages.models import (TrainingProgress, device, load_base, load_tokenizer, lora_config, save_adapter,
+                               use_bf16)
 
     set_seed(params.seed)
     # --- model & tokenizer

@@ -27,7 +27,6 @@ from rich import print
 from stages import cli
 from stages.config import UserError, load_params
 from stages.files import atomic_path, read_jsonl, write_json
-from stages.progress import TrainingProgress
 
 
 def without_timings(logs: dict) -> dict:
@@ -60,8 +59,8 @@ def main() -> None:
     from transformers.integrations import DVCLiveCallback
     from trl import DPOConfig, DPOTrainer
 
-    from stages.models import (device, load_policy, load_tokenizer, lora_config, save_adapter, sequence_kl,
-                               use_bf16)
+    from stages.models import (TrainingProgress, device, load_policy, load_tokenizer, lora_config, save_adapter,
+                               sequence_kl, use_bf16)
 
     class KLMonitor(TrainerCallback):
         """Every `train.kl_every` steps: KL(policy || SFT reference) on held-out prompts, logged beside rewards."""
