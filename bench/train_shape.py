@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, Qwen2Config, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -59,27 +60,21 @@ def pairs(tok, n: int, tokens: int) -> list[dict]:
     return out
 
 
-class Clock:
+class Clock(TrainerCallback):
     """Starts timing when step `warmup` ends, so compilation, allocation and first-batch costs are left out."""
 
     def __init__(self, warmup: int):
-        from transformers import TrainerCallback
+        self.warmup, self.start = warmup, None
 
-        clock = self
-
-        class Callback(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step == warmup:
-                    if torch.cuda.is_available():
-                        torch.cuda.synchronize()
-                    clock.start = time.perf_counter()
-
-        self.callback, self.start = Callback(), None
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.warmup:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.start = time.perf_counter()
 
 
 def run(config, tok, data, args, precompute: bool) -> dict:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
     torch.manual_seed(0)
@@ -97,7 +92,7 @@ def run(config, tok, data, args, precompute: bool) -> dict:
                         disable_tqdm=True, seed=0)
         trainer = DPOTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(data), processing_class=tok,
                              peft_config=lora_config(model, "auto", r=16, alpha=32, dropout=0.0),
-                             callbacks=[clock.callback])
+                             callbacks=[clock])
         trainer.train()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -123,8 +118,6 @@ def main() -> None:
     if args.pairs < args.batch_size * (args.warmup + args.steps):
         parser.error("--pairs must cover (warmup + steps) batches: one epoch, no pair seen twice")
 
-    from transformers import Qwen2Config
-
     texts = [incident_triage.pretrain_text(r["prompt"], r["response"])
              for r in incident_triage.generate(seed=0, n_sft=300, n_prompts=1, n_eval=1)["sft"]]
     tok = build_tokenizer(texts, 1024)
@@ -132,8 +125,7 @@ def main() -> None:
     config = Qwen2Config(**shape, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
     data = pairs(tok, args.pairs, args.tokens)
     with torch.device("meta"):
-        from transformers import AutoModelForCausalLM
-        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+            n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     results = {name: run(config, tok, data, args, precompute) for name, precompute in
                (("per-step reference", False), ("precompute_ref_log_probs", True))}
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
