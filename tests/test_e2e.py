@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,11 +58,14 @@ def repo(tmp_path_factory, request) -> Path:
     return dest
 
 
+def environ(env: dict | None = None) -> dict:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t", **(env or {})}
+
+
 def sh(repo: Path, *cmd: str, env: dict | None = None) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", **(env or {})}
-    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=repo, env=environ(env), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
 
@@ -179,13 +183,45 @@ def test_queued_experiments_run_two_at_a_time(repo, reproduced):
     baseline_params(repo)
     for beta in ("0.05", "0.5"):
         sh(repo, "dvc", "exp", "run", "--queue", "-S", f"train.beta={beta}")
-    out = sh(repo, "dvc", "exp", "run", "--run-all", "-j", "2")
+    out = run_all(repo, tasks=2)
+    assert "Running stage 'train'" in out
     assert "Running stage 'sample'" not in out and "Running stage 'judge'" not in out
     rows = json.loads(sh(repo, "dvc", "exp", "show", "--json", "--no-pager"))
     betas = {rev["data"]["params"]["params.yaml"]["data"]["train"]["beta"]
              for commit in rows for exp in commit.get("experiments") or [] for rev in exp["revs"]
              if rev["data"].get("metrics")}
     assert {0.05, 0.5} <= betas
+
+
+def run_all(repo: Path, tasks: int, timeout: float = 900) -> str:
+    """`dvc exp run --run-all -j 2` and its output. DVC has a known hang here (treeverse/dvc#10398, seen in
+    this project's CI): a queue worker whose idle monitor fires while its task still runs never exits after
+    the task, and `--run-all` waits for it forever. Once every task has ended (the workers' logs say so), a
+    worker still alive after a grace period is stopped as the README tells a user to: by its pid file."""
+    celery = repo / ".dvc/tmp/exps/celery"
+    log = repo / ".dvc/tmp/run-all.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(["dvc", "exp", "run", "--run-all", "-j", "2"], cwd=repo, env=environ(),
+                                stdout=f, stderr=subprocess.STDOUT, text=True)
+    deadline, ended_at = time.monotonic() + timeout, None
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, f"dvc exp run --run-all still running after {timeout} s"
+        worker_logs = "".join(p.read_text(errors="replace") for p in celery.glob("dvc-exp-worker-*.out"))
+        ended = sum(line.count("tasks.run_exp[") for line in worker_logs.splitlines()
+                    if " succeeded in " in line or " raised " in line)
+        if ended >= tasks:
+            ended_at = ended_at or time.monotonic()
+            if time.monotonic() - ended_at > 30:
+                for pid_file in celery.glob("dvc-exp-worker-*.pid"):
+                    try:
+                        os.kill(int(pid_file.read_text()), 15)
+                    except (ProcessLookupError, ValueError):
+                        pass
+                proc.wait(timeout=60)
+        time.sleep(2)
+    out = log.read_text()
+    assert proc.returncode == 0 or ended_at is not None, out[-3000:]
+    return out
 
 
 def test_two_training_processes_match_one(repo, reproduced):
