@@ -32,17 +32,17 @@ test: install
 # metrics, then sweep beta and check that a higher beta gives a lower KL.
 gate: install
 	dvc repro
-	python -m stages.gate
+	python -m tools.gate
 	dvc exp run --queue -S 'train.beta=0.01,0.5'
 	dvc exp run --run-all
-	python -m stages.sweep --check
+	python -m tools.sweep --check
 
 # The pull-request comment: params and metrics diff against BASE (PLOTS=dir also writes the plots diff).
 pr-report: install
-	@python -m stages.pr_report $(BASE) $(if $(PLOTS),--plots $(PLOTS))
+	@python -m tools.pr_report $(BASE) $(if $(PLOTS),--plots $(PLOTS))
 
 data: install
-	python -m stages.make_data
+	python -m tools.make_data
 
 clean:
 	rm -rf $(VENV) models artifacts .dvc/tmp

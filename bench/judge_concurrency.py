@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages.anthropic_judge import AnthropicJudge  # noqa: E402
-from stages.config import load_params  # noqa: E402
-from tests.fake_anthropic import FakeAnthropic  # noqa: E402
+from dpo_pipeline.judging.claude import AnthropicJudge  # noqa: E402
+from dpo_pipeline.config import load_params  # noqa: E402
+from tests.helpers import FakeAnthropic  # noqa: E402
 
 
 def answer(body: dict) -> dict:

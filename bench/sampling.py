@@ -18,9 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages.config import load_params  # noqa: E402
-from stages.files import read_jsonl  # noqa: E402
-from stages.models import generate, load_policy, load_tokenizer  # noqa: E402
+from dpo_pipeline.config import load_params  # noqa: E402
+from dpo_pipeline.files import read_jsonl  # noqa: E402
+from dpo_pipeline.models.generation import generate  # noqa: E402
+from dpo_pipeline.models.loading import load_policy, load_tokenizer  # noqa: E402
 
 
 def timed(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int) -> tuple[list[dict], float]:

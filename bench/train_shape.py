@@ -33,8 +33,11 @@ from transformers import AutoModelForCausalLM, Qwen2Config, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.models import build_tokenizer, device, lora_config, use_bf16  # noqa: E402
-from stages.tasks import incident_triage  # noqa: E402
+from dpo_pipeline.models.loading import device, use_bf16  # noqa: E402
+from dpo_pipeline.models.lora import lora_config  # noqa: E402
+from dpo_pipeline.models.tiny import build_tokenizer  # noqa: E402
+from dpo_pipeline.models.training import common_args  # noqa: E402
+from dpo_pipeline.tasks import incident_triage  # noqa: E402
 
 SHAPES = {
     "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -85,11 +88,10 @@ def run(config, tok, data, args, precompute: bool) -> dict:
         torch.cuda.reset_peak_memory_stats()
     clock = Clock(args.warmup)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = DPOConfig(output_dir=tmp, max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch_size,
+        cfg = DPOConfig(max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch_size,
                         learning_rate=5e-5, beta=0.1, max_length=args.tokens + 64, logging_steps=10**6,
-                        save_strategy="no", report_to="none", bf16=use_bf16(), use_cpu=device() == "cpu",
-                        gradient_checkpointing=args.gradient_checkpointing, precompute_ref_log_probs=precompute,
-                        disable_tqdm=True, seed=0)
+                        precompute_ref_log_probs=precompute,
+                        **{**common_args(tmp, 0), "gradient_checkpointing": args.gradient_checkpointing})
         trainer = DPOTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(data), processing_class=tok,
                              peft_config=lora_config(model, "auto", r=16, alpha=32, dropout=0.0),
                              callbacks=[clock])

@@ -15,18 +15,18 @@ from pathlib import Path
 
 from rich import print
 
-from stages import cli
-from stages.config import UserError, load_params
-from stages.files import atomic_path, read_jsonl
-from stages.tasks import get_task
+from dpo_pipeline import cli
+from dpo_pipeline.config import Params
+from dpo_pipeline.errors import UserError
+from dpo_pipeline.files import atomic_path, read_jsonl
+from dpo_pipeline.tasks import get_task
 
 
-def main() -> None:
-    params = load_params()
+def main(params: Params) -> None:
     paths, cfg = params.paths, params.model
     start = time.time()
     if cfg.base == "builtin:tiny":
-        from stages.models import train_tiny_base
+        from dpo_pipeline.models.tiny import train_tiny_base
 
         task = get_task(params.task)
         rows = read_jsonl(params.task_files.sft_data, required=("prompt", "response"))
@@ -37,7 +37,7 @@ def main() -> None:
     else:
         from transformers import AutoConfig
 
-        from stages.models import resolve, write_manifest
+        from dpo_pipeline.models.loading import resolve, write_manifest
 
         info = resolve("model.base", cfg.base, cfg.revision)
         if not (Path(info["path"]) / "config.json").exists():

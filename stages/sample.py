@@ -13,13 +13,13 @@ import time
 
 from rich import print
 
-from stages import cli
-from stages.config import UserError, load_params
-from stages.files import read_jsonl, write_jsonl
+from dpo_pipeline import cli
+from dpo_pipeline.config import Params
+from dpo_pipeline.errors import UserError
+from dpo_pipeline.files import read_jsonl, write_jsonl
 
 
-def main() -> None:
-    params = load_params()
+def main(params: Params) -> None:
     paths, cfg = params.paths, params.sample
     if not params.preferences.generated:
         write_jsonl(paths.samples, [])
@@ -27,7 +27,8 @@ def main() -> None:
         return
     rows = read_jsonl(params.task_files.prompts, required=("id", "prompt"))
 
-    from stages.models import fitting, generate, load_policy, load_tokenizer
+    from dpo_pipeline.models.generation import fitting, generate
+    from dpo_pipeline.models.loading import load_policy, load_tokenizer
 
     tokenizer = load_tokenizer(paths)
     model = load_policy("sft", paths)

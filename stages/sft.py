@@ -17,15 +17,16 @@ from pathlib import Path
 
 from rich import print
 
-from stages import cli
-from stages.chat import assistant, user
-from stages.config import Params, UserError, load_params
-from stages.files import atomic_path, read_jsonl
+from dpo_pipeline import cli
+from dpo_pipeline.chat import assistant, user
+from dpo_pipeline.config import Params
+from dpo_pipeline.errors import UserError
+from dpo_pipeline.files import atomic_path, read_jsonl
 
 
 def use_existing(params: Params) -> dict:
     """Resolve model.sft, check it fits model.base, and say what it is."""
-    from stages.models import load_base, resolve
+    from dpo_pipeline.models.loading import load_base, resolve
 
     name = params.model.sft
     info = resolve("model.sft", name)
@@ -46,12 +47,11 @@ def use_existing(params: Params) -> dict:
                     "(a full model)")
 
 
-def main() -> None:
-    params = load_params()
+def main(params: Params) -> None:
     paths, cfg = params.paths, params.sft
     start = time.time()
     if params.model.sft is not None:
-        from stages.models import write_manifest
+        from dpo_pipeline.models.loading import write_manifest
 
         info = use_existing(params)
         with atomic_path(paths.sft_model) as out:
@@ -62,11 +62,12 @@ def main() -> None:
     rows = read_jsonl(params.task_files.sft_data, required=("prompt", "response"))
 
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
     from transformers import PrinterCallback, set_seed
+    from trl import SFTConfig, SFTTrainer
 
-    from stages.models import (TrainingProgress, device, load_base, load_tokenizer, lora_config, save_adapter,
-                               use_bf16)
+    from dpo_pipeline.models.loading import load_base, load_tokenizer
+    from dpo_pipeline.models.lora import lora_config, save_adapter
+    from dpo_pipeline.models.training import TrainingProgress, common_args
 
     set_seed(params.seed)
     # --- model & tokenizer
@@ -77,13 +78,9 @@ def main() -> None:
     # --- training
     print(f"[bold]sft[/]: training a LoRA adapter on {len(rows)} examples ...")
     with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(
-            output_dir=tmp, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
-            max_length=params.model.max_length, logging_steps=25, save_strategy="no", report_to="none",
-            seed=params.seed, data_seed=params.seed, bf16=use_bf16(), gradient_checkpointing=False,
-            use_cpu=device() == "cpu", disable_tqdm=True,
-        )
+        args = SFTConfig(num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+                         learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
+                         max_length=params.model.max_length, logging_steps=25, **common_args(tmp, params.seed))
         lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
                              peft_config=lora, callbacks=[TrainingProgress("sft")])

@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +10,3 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def root() -> Path:
     return ROOT
-
-
-def run_stage(module: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run `python -m stages.<module>` in `cwd` as dvc would, with our package importable."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", f"stages.{module}"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)

@@ -1,12 +1,10 @@
 """The anthropic judge, driven through the real SDK over real HTTP against a Messages API server on
-127.0.0.1 (tests/fake_anthropic.py) that answers like a judge applying the written policy."""
+127.0.0.1 (tests/helpers.py) that answers like a judge applying the written policy."""
 
 from __future__ import annotations
 
-import html
 import json
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -17,30 +15,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.anthropic_judge import AnthropicJudge, BudgetExceeded
-from stages.config import ServiceError, UserError, load_params
-from stages.judge import build_pairs
-from stages.judges import RubricJudge, make_judge
-from stages.tasks import incident_triage as task
-from tests.fake_anthropic import FakeAnthropic
+from dpo_pipeline.config import load_params
+from dpo_pipeline.errors import ServiceError, UserError
+from dpo_pipeline.judging.claude import AnthropicJudge, BudgetExceeded
+from dpo_pipeline.judging.pairs import build_pairs
+from dpo_pipeline.judging.registry import make_judge
+from dpo_pipeline.judging.rubric import RubricJudge
+from dpo_pipeline.tasks import incident_triage as task
+from tests.helpers import FakeAnthropic, policy_answer, section
 
 KEY = "sk-ant-test-SECRET-0123456789"
 POLICY = (Path(__file__).resolve().parents[1] / "data" / "incident_triage" / "policy.md").read_text()
-
-
-def section(text: str, tag: str) -> str:
-    return html.unescape(re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.S).group(1))
-
-
-def policy_answer(body: dict) -> dict:
-    """Judge like the rubric, reading only what the request says: the server sees what Claude would."""
-    text = body["messages"][0]["content"]
-    prompt = section(text, "prompt")
-    if body["tool_choice"]["name"] == "record_score":
-        score, reason = task.rubric_score(prompt, section(text, "response"))
-        return {"score": score, "reason": reason}
-    verdict = RubricJudge(task).pairwise(prompt, section(text, "response_a"), section(text, "response_b"))
-    return verdict.model_dump()
 
 
 def samples(n: int = 12) -> list[dict]:
@@ -131,7 +116,7 @@ def test_a_rerun_pays_nothing(tmp_path):
         judge = judge_with(cfg)
         again, _, _ = build_pairs(samples(), judge)
         assert fake.message_count == 0
-    assert again == first and judge.usage.cache_hits > 0 and judge.spent == 0
+    assert again == first and judge.usage.cache_hits > 0 and judge.usage.spent_usd == 0
     assert judge.usage.cost_usd > 0  # the judgments' cost as first paid, the same on every run
 
 
@@ -155,13 +140,13 @@ def test_a_request_that_keeps_failing_stops_with_one_line_and_keeps_the_rest(tmp
 def test_the_budget_stops_before_it_is_exceeded(tmp_path):
     with FakeAnthropic(policy_answer) as fake:
         probe = judge_with(params_for(tmp_path / "probe", base_url=fake.base_url))
-        one = probe.cost(*probe.estimate(probe.body("pairwise", (REPORT, GOOD, GOOD))))
+        one = probe.cost(*probe._tokens(probe.body("pairwise", (REPORT, GOOD, GOOD))))
         cfg = params_for(tmp_path, base_url=fake.base_url, max_cost_usd=one * 2 * 2.5, concurrency=1)
         judge = judge_with(cfg)
         with pytest.raises(BudgetExceeded, match="judge.max_cost_usd"):
             build_pairs(samples(), judge)
         assert 0 < fake.message_count < unique_requests(samples())
-    assert judge.spent <= cfg.max_cost_usd
+    assert judge.usage.spent_usd <= cfg.max_cost_usd
 
 
 def test_batch_mode_submits_once_and_resumes_by_id(tmp_path, rubric_pairs):
@@ -175,7 +160,7 @@ def test_batch_mode_submits_once_and_resumes_by_id(tmp_path, rubric_pairs):
         tokens_in, tokens_out = judge.cache.db.execute(
             "SELECT SUM(input_tokens), SUM(output_tokens) FROM calls WHERE mode = 'batch'").fetchone()
         full_price = (tokens_in * 5.0 + tokens_out * 25.0) / 1e6
-        assert judge.spent == pytest.approx(full_price * 0.5)  # billed at the batch discount
+        assert judge.usage.spent_usd == pytest.approx(full_price * 0.5)  # billed at the batch discount
     # An interrupted run: the batch was submitted and recorded, the process died before collecting it.
     with FakeAnthropic(policy_answer) as fake:
         cfg = params_for(tmp_path / "second", base_url=fake.base_url, mode="batch")
@@ -282,7 +267,7 @@ def test_anthropic_base_url_from_the_environment(tmp_path, monkeypatch):
 
 
 def test_the_dry_run_counts_one_call_per_candidate_beyond_two(tmp_path):
-    """python -m stages.estimate sends nothing and shows what best-vs-worst over 3 candidates costs."""
+    """python -m tools.estimate sends nothing and shows what best-vs-worst over 3 candidates costs."""
     work = stage_dir(tmp_path, "http://127.0.0.1:9")  # a closed port: any request would fail loudly
     raw = yaml.safe_load((work / "params.yaml").read_text())
     raw["sample"].update(num_candidates=3, temperatures=[0.7, 1.0, 1.3])
@@ -294,7 +279,7 @@ def test_the_dry_run_counts_one_call_per_candidate_beyond_two(tmp_path):
         (work / "data" / "incident_triage" / name).write_text('{"id": "e", "prompt": "x"}\n')
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "COLUMNS": "200"}
     env.pop("ANTHROPIC_API_KEY", None)
-    proc = subprocess.run([sys.executable, "-m", "stages.estimate"], cwd=work, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "tools.estimate"], cwd=work, env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if "judge (score 3 candidates, best vs worst)" in x)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 
-from stages.config import UserError, load_params
-from tests.conftest import run_stage
+from dpo_pipeline.config import load_params
+from dpo_pipeline.errors import UserError
+from tests.helpers import run_stage
 
 
 def test_shipped_params_load(root):
@@ -45,7 +47,11 @@ def edited(root, tmp_path, edit) -> str:
     (lambda r: r["model"].update(lora_target_modules=[]), "model.lora_target_modules"),
     (lambda r: r["preferences"].update(source="prefs.csv"), "preferences.source: Value error, expected "
                                                             "'generated'"),
-    (lambda r: r.update(task="my tasks"), "task: String should match pattern"),
+    (lambda r: r["task"].update(name="my tasks"), "task.name: String should match pattern"),
+    (lambda r: r["task"].update(module="my_task"), "task.module: String should match pattern"),
+    (lambda r: r["task"].update(name="number_summary"), "task: Value error, dpo_pipeline/tasks/incident_triage.py "
+                                                       "is the builtin task 'incident_triage' but task.name is "
+                                                       "'number_summary'"),
     (lambda r: r["sample"].update(temperatures=[0.0, 1.0]), "temperatures must be > 0"),
     (lambda r: r["model"].update(base="builtin:huge"), "unknown builtin model 'builtin:huge'"),
     (lambda r: r.pop("eval"), "eval: missing key"),
@@ -71,12 +77,33 @@ def test_valid_alternatives_load(root, tmp_path, edit):
 
 
 def test_an_unknown_task_names_the_param(root, tmp_path):
-    from stages.tasks import get_task
+    from dpo_pipeline.tasks import get_task
 
-    with pytest.raises(UserError, match=r"^task: cannot import 'my_tasks.nope' .*builtin \(incident_triage, "):
-        get_task("my_tasks.nope")
-    with pytest.raises(UserError, match=r"^task: module json lacks NAME, METRICS"):
-        get_task("json")
+    from dpo_pipeline.config import TaskParams
+
+    with pytest.raises(UserError, match=r"^task.module: my_tasks/nope.py: not found$"):
+        get_task(TaskParams(name="nope", module="my_tasks/nope.py"))
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_package\n")
+    with pytest.raises(UserError, match=r"^task.module: .*broken.py: cannot import it \(ModuleNotFoundError: "):
+        get_task(TaskParams(name="broken", module=str(broken)))
+    empty = tmp_path / "empty.py"
+    empty.write_text("NAME = 'empty'\n")
+    with pytest.raises(UserError, match=r"^task.module: .*empty.py lacks METRICS, generate"):
+        get_task(TaskParams(name="empty", module=str(empty)))
+
+
+def test_a_task_module_outside_the_repo_loads_from_its_file(tmp_path):
+    """A user's task is a file anywhere: loaded from its path, importing the library like a builtin."""
+    from dpo_pipeline.config import TaskParams
+    from dpo_pipeline.tasks import get_task
+
+    mine = tmp_path / "elsewhere" / "support_replies.py"
+    mine.parent.mkdir()
+    source = (Path(__file__).resolve().parents[1] / "dpo_pipeline/tasks/number_summary.py").read_text()
+    mine.write_text(source.replace('NAME = "number_summary"', 'NAME = "support_replies"'))
+    task = get_task(TaskParams(name="support_replies", module=str(mine)))
+    assert task.NAME == "support_replies" and task.response_metrics("x", "y").keys() == task.METRICS.keys()
 
 
 def test_invalid_yaml_names_file_and_line(tmp_path):

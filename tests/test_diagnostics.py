@@ -6,9 +6,12 @@ import copy
 
 import pytest
 
-from stages.config import ReportParams
-from stages.diagnostics import diagnose, healthy_evidence, reflection
+from dpo_pipeline.config import ReportParams
+from dpo_pipeline.evaluation.schema import model_metrics
+from dpo_pipeline.reporting.diagnostics import diagnose, healthy_evidence, reflection
+from dpo_pipeline.tasks import incident_triage
 
+METRICS = model_metrics(incident_triage)
 CFG = ReportParams(examples=3, flat_margin=0.1, flat_accuracy=0.6, kl_drift=10.0, kl_spike=2.0, length_ratio=1.2)
 
 
@@ -37,12 +40,12 @@ def run(**changes):
         for k in keys:
             node = node[k]
         node[last] = value
-    return [f.rule for f in diagnose(case["ev"], case["cis"], case["train"], CFG)]
+    return [f.rule for f in diagnose(case["ev"], case["cis"], case["train"], CFG, METRICS)]
 
 
 def test_a_clean_run_is_healthy_with_its_evidence():
     assert run() == []
-    text = healthy_evidence(HEALTHY["ev"], HEALTHY["cis"], HEALTHY["train"])
+    text = healthy_evidence(HEALTHY["ev"], HEALTHY["cis"], HEALTHY["train"], METRICS)
     assert "win rate 57.0%" in text and "format conformance, severity match, faithfulness" in text
 
 
@@ -62,7 +65,7 @@ def test_each_rule_fires_on_its_evidence(changes, rule):
 def test_reflection_states_what_moved_and_what_did_not():
     case = copy.deepcopy(HEALTHY)
     case["cis"]["faithfulness"] = delta(-0.05, 0.3)
-    text = "\n".join(reflection(case["ev"], case["cis"], case["train"]))
+    text = "\n".join(reflection(case["ev"], case["cis"], case["train"], METRICS))
     assert "faithfulness: SFT 4.4 -> SFT+DPO 4.7 (+0.3, 95% CI [-0.05, +0.3], not significant)" in text
     assert "What it did: format conformance, severity match." in text
     assert "What it didn't: faithfulness." in text

@@ -259,8 +259,7 @@ def test_claude_as_judge_end_to_end(repo, reproduced, tmp_path):
     environment only: the judge and eval stages use it, and the key is written nowhere."""
     import uuid
 
-    from tests.fake_anthropic import FakeAnthropic
-    from tests.test_anthropic_judge import policy_answer
+    from tests.helpers import FakeAnthropic, policy_answer
 
     key = f"sk-ant-e2e-{uuid.uuid4().hex}"  # made here, so no source file holds it
 
@@ -288,7 +287,8 @@ def baseline_params(repo: Path) -> None:
 
 def test_the_second_task_runs_with_one_param_changed(repo, reproduced):
     baseline_params(repo)
-    out = sh(repo, "dvc", "exp", "run", "-S", "task=number_summary")
+    out = sh(repo, "dvc", "exp", "run", "-S", "task.name=number_summary", "-S",
+             "task.module=dpo_pipeline/tasks/number_summary.py")
     for stage in ("prepare", "sft", "sample", "judge", "train", "eval", "report"):
         assert f"Running stage '{stage}'" in out, stage
     ev = json.loads((repo / "metrics/eval.json").read_text())
@@ -306,8 +306,7 @@ def test_my_gpt2_model_my_sft_adapter_and_an_ultrafeedback_parquet(repo, reprodu
     """The user's week-2 setup: a GPT-2-architecture base and a LoRA SFT adapter in local folders, and a
     preference file in ultrafeedback_binarized's schema: sample and judge only convert, train uses the file,
     eval and the report compare all three models."""
-    from tests.test_preference_sources import ULTRAFEEDBACK, uf_row, write_parquet
-    from tests.tiny_models import save_adapter_for, save_tiny
+    from tests.helpers import ULTRAFEEDBACK, save_adapter_for, save_tiny, uf_row, write_parquet
 
     base = save_tiny("gpt2", tmp_path / "gpt2", chat_template=False)
     adapter = save_adapter_for(base, tmp_path / "gpt2-sft")

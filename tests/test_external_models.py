@@ -11,11 +11,11 @@ import time
 import pytest
 import yaml
 
-from stages.chat import assistant, user
-from stages.config import UserError
-from stages.models import lora_config, model_folder, resolve, tokenizer_from
-from tests.conftest import run_stage
-from tests.tiny_models import save_adapter_for, save_tiny
+from dpo_pipeline.chat import assistant, user
+from dpo_pipeline.errors import UserError
+from dpo_pipeline.models.loading import model_folder, resolve, tokenizer_from
+from dpo_pipeline.models.lora import lora_config
+from tests.helpers import run_stage, save_adapter_for, save_tiny
 
 
 @pytest.fixture(scope="module")

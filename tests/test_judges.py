@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from stages.judge import add_label_noise, agreement, build_pairs
-from stages.judges import RubricJudge, Verdict, pairwise_both_orders
-from stages.tasks import incident_triage
+from dpo_pipeline.judging.pairs import add_label_noise, agreement, build_pairs
+from dpo_pipeline.judging.base import Verdict, pairwise_both_orders
+from dpo_pipeline.judging.rubric import RubricJudge
+from dpo_pipeline.tasks import incident_triage
 
 REPORT = "Ticket from support. payments is completely down. All customers are affected. There is no workaround."
 GOOD = '{"severity": "SEV1", "service": "payments", "summary": "payments outage for all customers"}'
@@ -120,7 +121,7 @@ class PartlyInvalidScorer:
         self.valid = valid
 
     def score_all(self, items):
-        from stages.judges import Score
+        from dpo_pipeline.judging.base import Score
 
         return [Score(score=self.valid[i], reason="") if i in self.valid else None for i in range(len(items))]
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from stages.chat import assistant, user
-from stages.config import ModelParams, UserError
-from stages.models import build_tokenizer, generate, tokenizer_from as load_tokenizer, train_tiny_base
-from tests.tiny_models import TEXTS
+from dpo_pipeline.chat import assistant, user
+from dpo_pipeline.config import ModelParams
+from dpo_pipeline.models.generation import generate
+from dpo_pipeline.models.loading import tokenizer_from as load_tokenizer
+from dpo_pipeline.models.tiny import build_tokenizer, train_tiny_base
+from tests.helpers import TEXTS
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def test_kl_of_a_fresh_adapter_is_zero_and_grows_when_it_changes(micro):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from stages.models import sequence_kl
+    from dpo_pipeline.models.kl import sequence_kl
 
     path, _ = micro
     tok = load_tokenizer(str(path))
@@ -85,7 +87,7 @@ def test_kl_of_a_fresh_adapter_is_zero_and_grows_when_it_changes(micro):
 def test_prompts_too_long_for_the_context_are_found_not_crashed_on(micro):
     from transformers import AutoModelForCausalLM
 
-    from stages.models import fitting
+    from dpo_pipeline.models.generation import fitting
 
     path, _ = micro
     model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), load_tokenizer(str(path))
@@ -103,7 +105,7 @@ def test_progress_shows_count_elapsed_rate_and_eta(monkeypatch):
 
     from rich.console import Console
 
-    from stages.progress import progress
+    from dpo_pipeline.progress import progress
 
     monkeypatch.setenv("CI", "1")  # keep the finished bar on screen
     out = io.StringIO()

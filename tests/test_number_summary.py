@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.files import read_jsonl
-from stages.tasks import REQUIRED, get_task
-from stages.tasks import number_summary as t
+from dpo_pipeline.files import read_jsonl
+from dpo_pipeline.tasks import REQUIRED, get_task
+from dpo_pipeline.tasks import number_summary as t
 
 PROMPT = ("The Leeds depot sent its monthly figures. Output rose 12% to 340 units. "
           "Headcount is now 45 after 3 new hires. On-time delivery reached 94.5%.\n"
@@ -80,7 +80,9 @@ def test_response_metrics():
 
 
 def test_module_satisfies_the_task_protocol():
-    task = get_task("number_summary")
+    from dpo_pipeline.config import TaskParams
+
+    task = get_task(TaskParams(name="number_summary", module="dpo_pipeline/tasks/number_summary.py"))
     assert task is t
     assert all(hasattr(task, attr) for attr in REQUIRED)
     assert task.NAME == "number_summary"

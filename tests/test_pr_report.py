@@ -20,7 +20,7 @@ def git(repo: Path, *args: str) -> None:
 def test_pr_report_names_changed_params_and_metrics(root, tmp_path):
     repo = tmp_path / "repo"
     for f in ("Makefile", "params.yaml", "dvc.yaml", "dvc.lock", ".dvc/config", ".dvcignore", "metrics/eval.json",
-              "metrics/train.json", "metrics/judge.json"):
+              "metrics/train.json", "metrics/judge.json", "dpo_pipeline/tasks/incident_triage.py"):
         (repo / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(root / f, repo / f)
     git(repo, "init", "-q")
@@ -45,3 +45,5 @@ def test_pr_report_names_changed_params_and_metrics(root, tmp_path):
     assert "train.beta" in out and "0.3" in out
     assert "severity_match.dpo" in out and "0.9" in out
     assert "| Path" in out  # markdown tables
+    # The headline section labels the change by the metric schema: severity match went down, which is worse.
+    assert "| Severity match | " in out and "| worse |" in out

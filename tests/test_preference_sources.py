@@ -1,4 +1,4 @@
-"""stages/preference_sources.py: every accepted shape converted exactly, every bad input one line naming where."""
+"""dpo_pipeline/judging/sources.py: every accepted shape converted exactly, every bad input one line naming where."""
 
 from __future__ import annotations
 
@@ -11,32 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.config import UserError
-from stages.preference_sources import load_preferences
+from dpo_pipeline.errors import UserError
+from dpo_pipeline.judging.sources import load_preferences
+from tests.helpers import ULTRAFEEDBACK, turn, uf_row, write_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# HuggingFaceH4/ultrafeedback_binarized (train_prefs), its columns and Arrow types in their order.
-MESSAGES = pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))
-ULTRAFEEDBACK = pa.schema([("prompt", pa.string()), ("prompt_id", pa.string()), ("chosen", MESSAGES),
-                           ("rejected", MESSAGES), ("messages", MESSAGES), ("score_chosen", pa.float64()),
-                           ("score_rejected", pa.float64())])
-
-
-def turn(role: str, content: str) -> dict:
-    return {"content": content, "role": role}
-
-
-def uf_row(prompt: str, pid: str, good: str, bad: str, scores=(8.0, 5.0)) -> dict:
-    q = turn("user", prompt)
-    return {"prompt": prompt, "prompt_id": pid, "chosen": [q, turn("assistant", good)],
-            "rejected": [q, turn("assistant", bad)], "messages": [q, turn("assistant", good)],
-            "score_chosen": scores[0], "score_rejected": scores[1]}
-
 
 UF_ROWS = [
     uf_row("How do I reverse a list in Python?", "a1f3", "Use `xs[::-1]` for a copy or `xs.reverse()` in place.",
@@ -44,11 +26,6 @@ UF_ROWS = [
     uf_row("Name a prime number above 10.", "b2c4", "11", "11", scores=(7.0, 7.0)),  # a tie: dropped
     uf_row("Translate 'merci' to English.", "c9d0", "Thank you.", "Mercy.", scores=(9.5, 2.0)),
 ]
-
-
-def write_parquet(path: Path, rows: list[dict], schema: pa.Schema | None = None) -> Path:
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
-    return path
 
 
 def write_jsonl(path: Path, rows: list, blank_after_first: bool = False) -> Path:
@@ -208,7 +185,7 @@ def test_hub_rows_and_unknown_split(tmp_path, monkeypatch):
 
 def run_hub(env: dict[str, str | None], tmp_path: Path) -> tuple[str, float]:
     """load_preferences in a fresh interpreter: huggingface_hub and datasets read HF_* variables at import."""
-    code = ("from stages.config import UserError\nfrom stages.preference_sources import load_preferences\n"
+    code = ("from dpo_pipeline.config import UserError\nfrom dpo_pipeline.judging.sources import load_preferences\n"
             "try: load_preferences('hf:HuggingFaceH4/ultrafeedback_binarized', 'train_prefs', None)\n"
             "except UserError as e: print(e)")
     env = {k: v for k, v in {**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf"), **env}.items()

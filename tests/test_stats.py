@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from stages.stats import bootstrap_ci, pairwise_summary, win_rate
+from dpo_pipeline.evaluation.stats import bootstrap_ci, pairwise_summary, win_rate
 
 
 def test_win_rate_counts_ties_as_half():

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from stages.config import load_params
-from stages.files import read_jsonl
-from stages.tasks import get_task
-from stages.tasks import incident_triage as t
+from dpo_pipeline.config import load_params
+from dpo_pipeline.files import read_jsonl
+from dpo_pipeline.tasks import get_task
+from dpo_pipeline.tasks import incident_triage as t
 
 
 def incident(**kw) -> t.Incident:

@@ -7,7 +7,7 @@ The written policy (data/number_summary/policy.md) is the ground truth. Everythi
 limit, the source's numbers, the subject) is read from the prompt text, so it never needs a hidden label.
 
 Regenerate the shipped data (deterministic; the test suite checks the files match):
-    python -m stages.make_data        (with `task: number_summary` in params.yaml)
+    python -m tools.make_data        (with `task: number_summary` in params.yaml)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from stages.tasks import disjoint_splits
+from dpo_pipeline.tasks import disjoint_splits
 
 NAME = "number_summary"
 METRICS = {"format_conformance": "Within the word limit", "numbers_kept": "Numbers kept",

@@ -1,22 +1,22 @@
-"""Judges: one small interface, one class per backend.
+"""The judge interface: what every backend is, and what callers may ask of it.
 
 A judge takes a batch of items and returns, for each, a pointwise 1-5 score or a pairwise verdict (A, B or
 tie), each with a reason, or None when the judge's answer was invalid (excluded, never guessed). Batches
-let a remote backend run requests concurrently; the offline rubric just loops.
+let a remote backend run requests concurrently; the offline rubric just loops. It also says, before
+anything is sent, what a batch would cost (`estimate`), and after, what was spent (`usage`).
 `pairwise_both_orders` asks every pair twice with the positions swapped and calls a disagreement a tie, so
-position bias cannot pick a winner. Backends are peers: `rubric` (offline, deterministic) and `anthropic`
-(stages/anthropic_judge.py) implement the same two methods.
+position bias cannot pick a winner. Backends are peers (rubric.py, claude.py), built only by registry.py:
+no caller names a backend.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stages.config import JudgeParams
-from stages.tasks import Task
 
 
 class Score(BaseModel):
@@ -40,55 +40,50 @@ class Usage:
     output_tokens: int = 0
     cost_usd: float = 0.0
     requests_sent: int = 0
+    spent_usd: float = 0.0  # what this run's requests cost (cache hits cost nothing)
     cache_hits: int = 0
     invalid: int = 0
     answers: int = 0
-    extra: dict = field(default_factory=dict)
 
     def as_metrics(self) -> dict:
         # Only what identical inputs reproduce: a re-run served from the cache has the same numbers.
         return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                 "cost_usd": round(self.cost_usd, 4), "answers": self.answers, "invalid": self.invalid}
 
+    def spending(self) -> str:
+        return f"{self.requests_sent} requests sent (${self.spent_usd:.4f}), {self.cache_hits} from cache"
 
-class Judge(Protocol):
-    name: str
+
+@dataclass
+class Estimate:
+    """Before sending: a batch's calls, how many are distinct and already cached, tokens (output at the
+    max) and USD: an upper bound."""
+
+    calls: int
+    unique: int
+    cached: int
+    to_send: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd: float = 0.0
+
+
+class Judge(ABC):
+    name: str       # recorded as `backend` in metrics
+    remote: bool    # sends paid requests: the stages then report spend and agreement with the rubric
     usage: Usage
 
+    @abstractmethod
     def score_all(self, items: list[tuple[str, str]]) -> list[Score | None]:
         """(prompt, response) -> score, or None for an invalid answer."""
 
+    @abstractmethod
     def pairwise_all(self, items: list[tuple[str, str, str]]) -> list[Verdict | None]:
         """(prompt, response A, response B) -> verdict, or None for an invalid answer."""
 
-
-class RubricJudge:
-    """Applies the task's written policy and schema to the prompt and responses; never sees a label."""
-
-    name = "rubric"
-
-    def __init__(self, task: Task):
-        self.task = task
-        self.usage = Usage()
-
-    def score(self, prompt: str, response: str) -> Score:
-        score, reason = self.task.rubric_score(prompt, response)
-        return Score(score=score, reason=reason)
-
-    def pairwise(self, prompt: str, a: str, b: str) -> Verdict:
-        sa, sb = self.score(prompt, a), self.score(prompt, b)
-        if sa.score == sb.score:
-            return Verdict(winner="tie", reason=f"both score {sa.score}")
-        winner = "A" if sa.score > sb.score else "B"
-        return Verdict(winner=winner, reason=f"A {sa.score} ({sa.reason}) vs B {sb.score} ({sb.reason})")
-
-    def score_all(self, items: list[tuple[str, str]]) -> list[Score | None]:
-        self.usage.answers += len(items)
-        return [self.score(*item) for item in items]
-
-    def pairwise_all(self, items: list[tuple[str, str, str]]) -> list[Verdict | None]:
-        self.usage.answers += len(items)
-        return [self.pairwise(*item) for item in items]
+    @abstractmethod
+    def estimate(self, kind: Literal["score", "pairwise"], items: list[tuple]) -> Estimate:
+        """What judging `items` would cost, sending nothing."""
 
 
 @dataclass
@@ -115,11 +110,3 @@ def pairwise_both_orders(judge: Judge, items: list[tuple[str, str, str]]) -> lis
             out.append(Judged(Verdict(winner="tie", reason=f"position-inconsistent: {first.winner} then "
                                                             f"{swapped}"), False))
     return out
-
-
-def make_judge(cfg: JudgeParams, task: Task, policy: str) -> Judge:
-    if cfg.backend == "rubric":
-        return RubricJudge(task)
-    from stages.anthropic_judge import AnthropicJudge, api_key_from_env
-
-    return AnthropicJudge(cfg, policy, api_key_from_env())

@@ -33,13 +33,3 @@ def pairwise_summary(outcomes: list[str], samples: int, seed: int) -> dict:
         "ties": outcomes.count("tie"),
         "n": len(outcomes),
     }
-
-
-# Per-model entries of metrics/eval.json that are not the task's own rates.
-NOT_RATES = {"faithfulness", "mean_tokens"}
-
-
-def task_metric_keys(ev: dict) -> list[str]:
-    """The task's per-model rates in an eval.json (format_conformance first, then its match metrics)."""
-    keys = [k for k, v in ev.items() if isinstance(v, dict) and "sft" in v and "dpo" in v and k not in NOT_RATES]
-    return sorted(keys, key=lambda k: (k != "format_conformance", k))

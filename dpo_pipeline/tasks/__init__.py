@@ -1,18 +1,24 @@
 """Tasks: the domain a pipeline is about. A task is one module that provides what `Task` lists; its files
-(the written policy, SFT pairs, sampling and held-out prompts) are in <paths.data>/<task>/.
+(the written policy, SFT pairs, sampling and held-out prompts) are in <paths.data>/<task.name>/.
 
-`task:` in params.yaml names a builtin (TASKS) or the import path of your own module, e.g.
-`task: my_tasks.support_replies` with my_tasks/support_replies.py on the Python path (the repository root
-is) and its files in data/my_tasks.support_replies/. Copy stages/tasks/number_summary.py to start one.
+`task.module` in params.yaml is the task's file: a builtin (dpo_pipeline/tasks/incident_triage.py,
+dpo_pipeline/tasks/number_summary.py) or your own, anywhere, e.g.
+    task: {name: support_replies, module: ../my_tasks/support_replies.py}
+with its files in data/support_replies/. dvc.yaml depends on exactly that file, so editing it re-runs the
+stages that use the task and editing another task re-runs nothing. Copy number_summary.py to start one.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import random
+import sys
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Protocol
 
-from stages.config import UserError
+from dpo_pipeline.config import BUILTIN_TASKS, TaskParams
+from dpo_pipeline.errors import UserError
 
 
 class Task(Protocol):
@@ -34,20 +40,33 @@ class Task(Protocol):
         """How one SFT example reads as raw text, for training the builtin base model from scratch."""
 
 
-TASKS = {"incident_triage": "stages.tasks.incident_triage", "number_summary": "stages.tasks.number_summary"}
 REQUIRED = ("NAME", "METRICS", "generate", "rubric_score", "response_metrics", "pretrain_text")
 
 
-def get_task(name: str) -> Task:
-    module_name = TASKS.get(name, name)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise UserError(f"task: cannot import {name!r} ({e}); use a builtin ({', '.join(TASKS)}) or the import "
-                        "path of your task module") from None
+def get_task(cfg: TaskParams) -> Task:
+    """The task module `task.module` names: a builtin by its package name, any other file loaded from its
+    path."""
+    path = PurePosixPath(cfg.module)
+    if str(path.parent) == BUILTIN_TASKS:
+        try:
+            module = importlib.import_module(f"dpo_pipeline.tasks.{path.stem}")
+        except ModuleNotFoundError:
+            raise UserError(f"task.module: {cfg.module}: no such builtin task") from None
+    elif not Path(path).is_file():
+        raise UserError(f"task.module: {cfg.module}: not found")
+    else:
+        name = f"dpo_pipeline_user_task_{path.stem}"
+        try:
+            spec = importlib.util.spec_from_file_location(name, Path(path))
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module  # dataclasses and pickling look their module up here
+            spec.loader.exec_module(module)
+        except Exception as e:  # the user's own code: any error in it is theirs to fix, shown in one line
+            sys.modules.pop(name, None)
+            raise UserError(f"task.module: {cfg.module}: cannot import it ({type(e).__name__}: {e})") from None
     missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
     if missing:
-        raise UserError(f"task: module {module_name} lacks {', '.join(missing)} (see stages/tasks/__init__.py)")
+        raise UserError(f"task.module: {cfg.module} lacks {', '.join(missing)} (see dpo_pipeline/tasks/__init__.py)")
     return module  # type: ignore[return-value]
 
 

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from dpo_pipeline.evaluation.schema import MODEL_LABELS, MODELS, Metric  # noqa: E402
+
 CURVES = {  # title: [(file under the DVCLive plots folder, label)]
     "DPO loss": [("loss.tsv", "train"), ("eval/loss.tsv", "validation")],
     "Reward margin": [("rewards/margins.tsv", "train"), ("eval/rewards/margins.tsv", "validation")],
@@ -38,18 +40,18 @@ def curves(plots_dir: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def bars(ev: dict, cis: dict, rates: dict[str, str], out: Path) -> None:
-    """One panel per task rate (`rates`: key -> title) and one for the judge's faithfulness score."""
-    models, labels = ("base", "sft", "dpo"), ("Base", "SFT", "SFT+DPO")
-    panels = [*rates.items(), ("faithfulness", "Faithfulness (judge, 1-5)")]
+def bars(ev: dict, cis: dict, metrics: list[Metric], out: Path) -> None:
+    """One panel per per-prompt metric (the task's rates, the judge's score), on its declared scale."""
+    panels = [m for m in metrics if m.per_prompt]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (key, title) in zip(axes, panels):
-        values = [ev[key][m] for m in models]
-        errors = [[v - cis[key][m]["low"] for m, v in zip(models, values)],
-                  [cis[key][m]["high"] - v for m, v in zip(models, values)]]
-        ax.bar(labels, values, yerr=errors, capsize=4, color=["#999999", "#5b8fd6", "#2f9e6e"])
-        ax.set_title(title, fontsize=10)
-        ax.set_ylim(0, 5 if key == "faithfulness" else 1)
+    for ax, m in zip(axes, panels):
+        values = [ev[m.key][name] for name in MODELS]
+        errors = [[v - cis[m.key][name]["low"] for name, v in zip(MODELS, values)],
+                  [cis[m.key][name]["high"] - v for name, v in zip(MODELS, values)]]
+        ax.bar([MODEL_LABELS[name] for name in MODELS], values, yerr=errors, capsize=4,
+               color=["#999999", "#5b8fd6", "#2f9e6e"])
+        ax.set_title(m.label, fontsize=10)
+        ax.set_ylim(0, m.scale[1])
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

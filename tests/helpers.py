@@ -1,4 +1,14 @@
-"""A fake Anthropic API server for tests (stdlib only).
+"""Shared test doubles, for the tests and the benchmarks (no test module imports another test module).
+
+- `run_stage`: a stage run as dvc runs it, in another working directory.
+- `FakeAnthropic`: a Messages API server on 127.0.0.1 for the official SDK, and `policy_answer`, a judge for
+  it that applies the written policy (as the rubric does) to what the request says.
+- `save_tiny` / `save_adapter_for`: tiny models of real architectures, built and saved locally, as a user's
+  hub download would be.
+- `ULTRAFEEDBACK`, `uf_row`, `write_parquet`: preference data shaped like HuggingFaceH4/ultrafeedback_binarized.
+
+FakeAnthropic:
+A fake Anthropic API server for tests (stdlib only).
 
 Speaks enough of the Messages API (``POST /v1/messages``) and the Message Batches API
 (``POST /v1/messages/batches``, ``GET /v1/messages/batches/<id>`` and ``.../results``) that
@@ -14,11 +24,128 @@ recorded in ``requests``; created batches live in ``batches``.
 
 from __future__ import annotations
 
+import html
 import json
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from dpo_pipeline.judging.rubric import RubricJudge
+from dpo_pipeline.models.lora import lora_config, save_adapter
+from dpo_pipeline.models.tiny import build_tokenizer
+from dpo_pipeline.tasks import incident_triage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_stage(module: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `python -m stages.<module>` in `cwd` as dvc would, with our package importable."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", f"stages.{module}"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A judge on the fake Messages API server
+
+
+def section(text: str, tag: str) -> str:
+    return html.unescape(re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.S).group(1))
+
+
+def policy_answer(body: dict) -> dict:
+    """Judge like the rubric, reading only what the request says: the server sees what Claude would."""
+    text = body["messages"][0]["content"]
+    prompt = section(text, "prompt")
+    if body["tool_choice"]["name"] == "record_score":
+        score, reason = incident_triage.rubric_score(prompt, section(text, "response"))
+        return {"score": score, "reason": reason}
+    verdict = RubricJudge(incident_triage).pairwise(prompt, section(text, "response_a"), section(text, "response_b"))
+    return verdict.model_dump()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tiny models of real architectures
+
+TEXTS = [incident_triage.pretrain_text(r["prompt"], r["response"])
+         for r in incident_triage.generate(seed=3, n_sft=120, n_prompts=1, n_eval=1)["sft"]]
+
+
+def save_tiny(arch: str, out: Path, chat_template: bool = True) -> Path:
+    """A randomly initialised `arch` model (gpt2, qwen2) with a byte-level BPE tokenizer, saved to `out`."""
+    from transformers import AutoModelForCausalLM, GPT2Config, Qwen2Config
+
+    tok = build_tokenizer(TEXTS, 320)
+    if not chat_template:  # like GPT-2's own tokenizer
+        tok.chat_template = None
+    ids = dict(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = {
+        "gpt2": lambda: GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=256, bos_token_id=tok.eos_token_id,
+                                   **ids),
+        "qwen2": lambda: Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                                     **ids),
+    }[arch]()
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def save_adapter_for(base: Path, out: Path) -> Path:
+    """A LoRA adapter on `base` (targets chosen as the pipeline chooses them), nudged away from zero."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    model = get_peft_model(model, lora_config(model, "auto", r=4, alpha=8, dropout=0.0))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.01 * torch.randn_like(p))
+    save_adapter(model, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Preference data shaped like HuggingFaceH4/ultrafeedback_binarized
+
+# HuggingFaceH4/ultrafeedback_binarized (train_prefs), its columns and Arrow types in their order.
+MESSAGES = pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))
+ULTRAFEEDBACK = pa.schema([("prompt", pa.string()), ("prompt_id", pa.string()), ("chosen", MESSAGES),
+                           ("rejected", MESSAGES), ("messages", MESSAGES), ("score_chosen", pa.float64()),
+                           ("score_rejected", pa.float64())])
+
+
+def turn(role: str, content: str) -> dict:
+    return {"content": content, "role": role}
+
+
+def uf_row(prompt: str, pid: str, good: str, bad: str, scores=(8.0, 5.0)) -> dict:
+    q = turn("user", prompt)
+    return {"prompt": prompt, "prompt_id": pid, "chosen": [q, turn("assistant", good)],
+            "rejected": [q, turn("assistant", bad)], "messages": [q, turn("assistant", good)],
+            "score_chosen": scores[0], "score_rejected": scores[1]}
+
+
+def write_parquet(path: Path, rows: list[dict], schema: pa.Schema | None = None) -> Path:
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The fake Messages API server
 
 _ERRORS = {
     "429": (429, "rate_limit_error", "Number of requests has exceeded your rate limit."),

@@ -7,22 +7,15 @@ is allowed.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dpo_pipeline.errors import UserError
+
 PARAMS_FILE = "params.yaml"
-
-
-class UserError(Exception):
-    """A mistake the user can fix (bad params, bad data). The entry point prints it as one line, exit 2."""
-
-
-class ServiceError(Exception):
-    """A remote service failed after retries, or a budget stopped the run; finished work is kept.
-    The entry point prints it as one line, exit 1."""
 
 
 class Section(BaseModel):
@@ -32,7 +25,7 @@ class Section(BaseModel):
 class Paths(Section):
     """Where stages read and write. dvc.yaml uses the same values through ${paths.*}."""
 
-    data: str  # the task's files are in <data>/<task>/ (see TaskFiles)
+    data: str  # the task's files are in <data>/<task.name>/ (see TaskFiles)
     base_model: str
     sft_model: str
     dpo_model: str
@@ -48,7 +41,7 @@ class Paths(Section):
 
 
 class DataParams(Section):
-    """The generator of the shipped task data (python -m stages.make_data)."""
+    """The generator of the shipped task data (python -m tools.make_data)."""
 
     seed: int
     n_sft: int = Field(gt=0)
@@ -77,7 +70,7 @@ class ModelParams(Section):
     base: str = Field(min_length=1)         # builtin:tiny, a hub id or a local folder
     revision: str | None                    # hub branch, tag or commit of model.base (null: main)
     sft: str | None                         # null: the sft stage trains a LoRA; else an adapter or model folder
-    lora_target_modules: Literal["auto"] | list[str]  # auto: by architecture (stages/models.py)
+    lora_target_modules: Literal["auto"] | list[str]  # auto: by architecture (models/lora.py)
     max_length: int = Field(gt=0)
     tiny: TinyModel
 
@@ -230,7 +223,7 @@ class EvalParams(Section):
 
 
 class ReportParams(Section):
-    """Thresholds of the report's diagnostics (stages/diagnostics.py)."""
+    """Thresholds of the report's diagnostics (dpo_pipeline/reporting/diagnostics.py)."""
 
     examples: int = Field(ge=0)             # held-out prompts shown side by side
     flat_margin: float = Field(ge=0)        # validation reward margin below this ...
@@ -242,12 +235,31 @@ class ReportParams(Section):
 
 class GateParams(Section):
     rate_band: float = Field(gt=0)
-    faithfulness_band: float = Field(gt=0)
+    score_band: float = Field(gt=0)  # the judge's 1-5 scores
     min_ci_low: float = Field(ge=0, lt=1)
 
 
+BUILTIN_TASKS = "dpo_pipeline/tasks"  # the builtin tasks' modules: <BUILTIN_TASKS>/<name>.py
+
+
+class TaskParams(Section):
+    """The task: its code (a module file, so dvc.yaml can depend on exactly it, wherever it is) and the name
+    of its data folder, <paths.data>/<name>/."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][\w.-]*$")
+    module: str = Field(pattern=r"\.py$")
+
+    @model_validator(mode="after")
+    def builtin_pair(self) -> "TaskParams":
+        module = PurePosixPath(self.module)
+        if str(module.parent) == BUILTIN_TASKS and module.stem != self.name:
+            raise ValueError(f"{self.module} is the builtin task {module.stem!r} but task.name is {self.name!r}; "
+                             f"switch both: -S task.name=X -S task.module={BUILTIN_TASKS}/X.py")
+        return self
+
+
 class TaskFiles(BaseModel):
-    """The task's files, in <paths.data>/<task>/: switching `task` switches all four."""
+    """The task's files, in <paths.data>/<task.name>/: switching the task switches all four."""
 
     policy: str
     sft_data: str
@@ -257,7 +269,7 @@ class TaskFiles(BaseModel):
 
 class Params(Section):
     seed: int
-    task: str = Field(pattern=r"^[A-Za-z_][\w.]*$")  # a builtin task or the import path of your module
+    task: TaskParams
     paths: Paths
     data: DataParams
     model: ModelParams
@@ -272,7 +284,7 @@ class Params(Section):
 
     @property
     def task_files(self) -> TaskFiles:
-        d = f"{self.paths.data}/{self.task}"
+        d = f"{self.paths.data}/{self.task.name}"
         return TaskFiles(policy=f"{d}/policy.md", sft_data=f"{d}/sft.jsonl", prompts=f"{d}/prompts.jsonl",
                          eval_prompts=f"{d}/eval.jsonl")
 

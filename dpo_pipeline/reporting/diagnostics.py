@@ -7,13 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stages.config import ReportParams
-from stages.stats import task_metric_keys
-
-
-
-def metric_names(ev: dict) -> dict[str, str]:
-    return {**{k: k.replace("_", " ") for k in task_metric_keys(ev)}, "faithfulness": "faithfulness"}
+from dpo_pipeline.config import ReportParams
+from dpo_pipeline.evaluation.schema import LENGTH, PAIRWISE, Metric, headline
 
 
 @dataclass
@@ -23,22 +18,24 @@ class Finding:
     advice: str
 
 
-def significant_moves(ev: dict, cis: dict) -> tuple[list[str], list[str], list[str]]:
-    """Metrics whose paired 95% CI of DPO - SFT lies above 0, below 0, or spans it."""
-    up, down, flat = [], [], []
-    for key, name in metric_names(ev).items():
-        delta = cis.get(key, {}).get("delta_dpo_sft")
+def significant_moves(cis: dict, metrics: list[Metric]) -> tuple[list[str], list[str], list[str]]:
+    """Headline metrics whose paired 95% CI of DPO - SFT shows them better, worse, or spans 0 (by each
+    metric's declared direction)."""
+    better, worse, flat = [], [], []
+    for m in headline(metrics):
+        delta = cis.get(m.key, {}).get("delta_dpo_sft")
         if delta is None:
             continue
-        (up if delta["low"] > 0 else down if delta["high"] < 0 else flat).append(name)
-    return up, down, flat
+        up, down = (delta["low"] > 0, delta["high"] < 0) if m.higher_is_better else (delta["high"] < 0, delta["low"] > 0)
+        (better if up else worse if down else flat).append(m.name)
+    return better, worse, flat
 
 
-def diagnose(ev: dict, cis: dict, train: dict, cfg: ReportParams) -> list[Finding]:
+def diagnose(ev: dict, cis: dict, train: dict, cfg: ReportParams, metrics: list[Metric]) -> list[Finding]:
     findings = []
     margin, accuracy = train["eval_final"]["rewards/margins"], train["eval_final"]["rewards/accuracies"]
     kl_final, kl_max = train["kl"]["final"], train["kl"]["max"]
-    pw = ev["pairwise_dpo_vs_sft"]
+    pw = ev[PAIRWISE]
     if margin < cfg.flat_margin and accuracy < cfg.flat_accuracy:
         findings.append(Finding(
             "no preference learning: beta too high, or contradictory preferences",
@@ -61,13 +58,13 @@ def diagnose(ev: dict, cis: dict, train: dict, cfg: ReportParams) -> list[Findin
             f"validation reward margin {margin}, yet pairwise win rate {pw['win_rate']:.1%} with CI low "
             f"{pw['ci_low']:.1%} <= 50%",
             "read artifacts/preferences.jsonl: does the judge prefer what you want? (judge quality, ties)"))
-    up, down, _ = significant_moves(ev, cis)
+    up, down, _ = significant_moves(cis, metrics)
     if up and down:
         findings.append(Finding(
             "DPO wins one metric and loses another",
             f"significantly up: {', '.join(up)}; significantly down: {', '.join(down)}",
             "a single-metric win is not a win: check what the preference data rewards"))
-    sft_len, dpo_len = ev["mean_tokens"]["sft"], ev["mean_tokens"]["dpo"]
+    sft_len, dpo_len = ev[LENGTH.key]["sft"], ev[LENGTH.key]["dpo"]
     if dpo_len > cfg.length_ratio * sft_len and pw["win_rate"] > 0.5:
         findings.append(Finding(
             "length exploitation",
@@ -76,28 +73,28 @@ def diagnose(ev: dict, cis: dict, train: dict, cfg: ReportParams) -> list[Findin
     return findings
 
 
-def healthy_evidence(ev: dict, cis: dict, train: dict) -> str:
-    pw = ev["pairwise_dpo_vs_sft"]
-    up, _, _ = significant_moves(ev, cis)
+def healthy_evidence(ev: dict, cis: dict, train: dict, metrics: list[Metric]) -> str:
+    pw = ev[PAIRWISE]
+    up, _, _ = significant_moves(cis, metrics)
     return (f"validation reward margin {train['eval_final']['rewards/margins']} (accuracy "
             f"{train['eval_final']['rewards/accuracies']}), KL {train['kl']['final']} nats per sequence at the "
             f"end (max {train['kl']['max']}), pairwise win rate {pw['win_rate']:.1%} [{pw['ci_low']:.1%}, "
             f"{pw['ci_high']:.1%}], significant gains: {', '.join(up) or 'none'}")
 
 
-def reflection(ev: dict, cis: dict, train: dict) -> list[str]:
+def reflection(ev: dict, cis: dict, train: dict, metrics: list[Metric]) -> list[str]:
     """The facts to write "What DPO did to my model, and what it didn't" around."""
-    up, down, flat = significant_moves(ev, cis)
+    up, down, flat = significant_moves(cis, metrics)
     lines = []
-    for key, name in metric_names(ev).items():
-        m, d = ev[key], cis[key]["delta_dpo_sft"]
-        verdict = "significant" if name in up + down else "not significant"
-        lines.append(f"- {name}: SFT {m['sft']:.3g} -> SFT+DPO {m['dpo']:.3g} ({m['dpo'] - m['sft']:+.3g}, 95% CI "
-                     f"[{d['low']:+.3g}, {d['high']:+.3g}], {verdict})")
-    pw = ev["pairwise_dpo_vs_sft"]
+    for metric in headline(metrics):
+        m, d = ev[metric.key], cis[metric.key]["delta_dpo_sft"]
+        verdict = "significant" if metric.name in up + down else "not significant"
+        lines.append(f"- {metric.name}: SFT {m['sft']:.3g} -> SFT+DPO {m['dpo']:.3g} ({m['dpo'] - m['sft']:+.3g}, "
+                     f"95% CI [{d['low']:+.3g}, {d['high']:+.3g}], {verdict})")
+    pw = ev[PAIRWISE]
     lines.append(f"- pairwise preference DPO vs SFT: {pw['win_rate']:.1%} [{pw['ci_low']:.1%}, {pw['ci_high']:.1%}] "
                  f"({pw['wins']} wins, {pw['losses']} losses, {pw['ties']} ties)")
-    lines.append(f"- mean length: {ev['mean_tokens']['sft']} -> {ev['mean_tokens']['dpo']} tokens")
+    lines.append(f"- mean length: {ev[LENGTH.key]['sft']} -> {ev[LENGTH.key]['dpo']} tokens")
     lines.append(f"- KL(SFT+DPO || SFT) on the eval prompts: {ev['kl_dpo_vs_sft']['kl']} nats per sequence "
                  f"({ev['kl_dpo_vs_sft']['kl_per_token']} per token)")
     lines += ["", f"What it did: {', '.join(up) or 'no metric improved significantly'}. "

@@ -21,9 +21,9 @@ import hashlib
 import itertools
 from pathlib import Path
 
-from stages.chat import assistant, user
-from stages.config import UserError
-from stages.files import read_jsonl
+from dpo_pipeline.chat import assistant, user
+from dpo_pipeline.errors import UserError
+from dpo_pipeline.files import read_jsonl
 
 EXPECTED = ("expected prompt/chosen/rejected strings, or chosen/rejected message lists "
             "(as in HuggingFaceH4/ultrafeedback_binarized)")

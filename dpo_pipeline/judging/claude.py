@@ -7,7 +7,7 @@
 - `judge.concurrency` requests in flight (async client, bounded by a semaphore). The SDK retries 429, 529,
   5xx and timeouts with backoff, honouring retry-after, up to `judge.max_retries`; a request that still
   fails stops the stage with one line, after the requests in flight finish and are cached.
-- Every judgment is cached in SQLite by request content (stages/judge_cache.py) and every request logged.
+- Every judgment is cached in SQLite by request content (judging/cache.py) and every request logged.
 - `judge.max_cost_usd` stops before a request could take the run's spend past it.
 - `judge.mode: batch` sends uncached requests through the Message Batches API (half price), resumes a batch
   an interrupted run submitted, and folds results into the cache.
@@ -23,10 +23,11 @@ import os
 import time
 
 
-from stages.config import JudgeParams, ServiceError, UserError
-from stages.judge_cache import JudgeCache, request_key
-from stages.progress import progress as progress_bar
-from stages.judges import Score, Usage, Verdict
+from dpo_pipeline.config import JudgeParams
+from dpo_pipeline.errors import ServiceError, UserError
+from dpo_pipeline.judging.cache import JudgeCache, request_key
+from dpo_pipeline.progress import progress as progress_bar
+from dpo_pipeline.judging.base import Estimate, Judge, Score, Usage, Verdict
 
 TEMPLATE_VERSION = "1"  # bump when the prompt below changes: it is part of every cache key
 
@@ -82,16 +83,16 @@ def api_key_from_env() -> str:
     return key
 
 
-class AnthropicJudge:
+class AnthropicJudge(Judge):
     name = "anthropic"
+    remote = True
 
     def __init__(self, cfg: JudgeParams, policy: str, api_key: str | None, *, strict_validation: bool = False):
-        """`api_key` None builds requests and estimates costs but cannot send (stages.estimate)."""
+        """`api_key` None builds requests and estimates costs but cannot send (tools.estimate)."""
         self.cfg, self.policy, self._key, self._strict = cfg, policy, api_key, strict_validation
         self.price = cfg.prices[cfg.model]
         self.cache = JudgeCache(cfg.cache_dir)
         self.usage = Usage()
-        self.spent = 0.0  # USD sent this run (cache hits cost nothing)
 
     # --- requests -----------------------------------------------------------------------------------------
 
@@ -122,7 +123,7 @@ class AnthropicJudge:
         usd = (input_tokens * self.price.input_per_mtok + output_tokens * self.price.output_per_mtok) / 1e6
         return usd * (self.cfg.batch_discount if batch else 1.0)
 
-    def estimate(self, body: dict) -> tuple[int, int]:
+    def _tokens(self, body: dict) -> tuple[int, int]:
         """Conservative (input, output) tokens before sending: ~3.5 characters a token, the full max_tokens."""
         return int(len(json.dumps(body)) / 3.5) + 1, self.cfg.max_tokens
 
@@ -150,6 +151,16 @@ class AnthropicJudge:
 
     def pairwise_all(self, items: list[tuple[str, str, str]]) -> list[Verdict | None]:
         return [None if a is None else Verdict(**a) for a in self.run("pairwise", items)]
+
+    def estimate(self, kind: str, items: list[tuple]) -> Estimate:
+        bodies, keys = self.requests(kind, items)
+        unique = dict(zip(keys, bodies))  # identical requests (two identical responses) are sent once
+        todo = {k: b for k, b in unique.items() if self.cache.get(k) is None}
+        tokens_in = sum(self._tokens(b)[0] for b in todo.values())
+        tokens_out = len(todo) * self.cfg.max_tokens
+        return Estimate(calls=len(items), unique=len(unique), cached=len(unique) - len(todo), to_send=len(todo),
+                        input_tokens=tokens_in, output_tokens=tokens_out,
+                        usd=self.cost(tokens_in, tokens_out, batch=self.cfg.mode == "batch"))
 
     def requests(self, kind: str, items: list[tuple]) -> tuple[list[dict], list[str]]:
         bodies = [self.body(kind, item) for item in items]
@@ -196,11 +207,11 @@ class AnthropicJudge:
             async with gate:
                 if stop:
                     return
-                worst = self.cost(*self.estimate(body)) * 2  # two attempts at most
-                if self.spent + reserved + worst > self.cfg.max_cost_usd:
+                worst = self.cost(*self._tokens(body)) * 2  # two attempts at most
+                if self.usage.spent_usd + reserved + worst > self.cfg.max_cost_usd:
                     stop.append(BudgetExceeded(
-                        f"judge.max_cost_usd (${self.cfg.max_cost_usd:.2f}) reached: ${self.spent:.4f} spent this "
-                        f"run; finished judgments are cached, raise the budget and rerun to continue"))
+                        f"judge.max_cost_usd (${self.cfg.max_cost_usd:.2f}) reached: ${self.usage.spent_usd:.4f} "
+                        "spent this run; finished judgments are cached, raise the budget and rerun to continue"))
                     return
                 reserved += worst
                 try:
@@ -219,7 +230,7 @@ class AnthropicJudge:
                         tokens_in += message.usage.input_tokens
                         tokens_out += message.usage.output_tokens
                         usd += call_usd
-                        self.spent += call_usd
+                        self.usage.spent_usd += call_usd
                         self.usage.requests_sent += 1
                         self.cache.log_call(key, self.cfg.model, "online", answer is not None,
                                             message.usage.input_tokens, message.usage.output_tokens, call_usd,
@@ -235,18 +246,21 @@ class AnthropicJudge:
             bar = progress.add_task(f"judging with {self.cfg.model}", total=len(todo))
             await asyncio.gather(*(judge_one(k, b) for k, b in todo.items()))
         if stop:
-            err = stop[0]
-            if isinstance(err, BudgetExceeded):
-                raise err
-            from anthropic import AuthenticationError
+            self._stop(stop[0])
 
-            if isinstance(err, AuthenticationError):
-                raise UserError("ANTHROPIC_API_KEY was rejected by the API (401): check the key") from None
-            status = getattr(err, "status_code", None)
-            raise ServiceError(
-                f"judge: a request to {self.cfg.model} failed after {self.cfg.max_retries} retries "
-                f"({type(err).__name__}{f' {status}' if status else ''}); finished judgments are cached, "
-                f"rerun to resume") from None
+    def _stop(self, err: BaseException) -> None:
+        """The first failure of a run, as the error the entry point shows in one line."""
+        if isinstance(err, BudgetExceeded):
+            raise err
+        from anthropic import AuthenticationError
+
+        if isinstance(err, AuthenticationError):
+            raise UserError("ANTHROPIC_API_KEY was rejected by the API (401): check the key") from None
+        status = getattr(err, "status_code", None)
+        raise ServiceError(
+            f"judge: a request to {self.cfg.model} failed after {self.cfg.max_retries} retries "
+            f"({type(err).__name__}{f' {status}' if status else ''}); finished judgments are cached, "
+            f"rerun to resume") from None
 
     # --- batch: the Message Batches API -------------------------------------------------------------------
 
@@ -257,8 +271,8 @@ class AnthropicJudge:
         remaining = {k: b for k, b in todo.items() if self.cache.get(k) is None}
         if not remaining:
             return
-        worst = sum(self.cost(*self.estimate(b), batch=True) for b in remaining.values())
-        if self.spent + worst > self.cfg.max_cost_usd:
+        worst = sum(self.cost(*self._tokens(b), batch=True) for b in remaining.values())
+        if self.usage.spent_usd + worst > self.cfg.max_cost_usd:
             raise BudgetExceeded(f"judge.max_cost_usd (${self.cfg.max_cost_usd:.2f}) is below this batch's "
                                  f"worst case (${worst:.2f}); raise it to submit")
         batch = await client.messages.batches.create(
@@ -286,7 +300,7 @@ class AnthropicJudge:
             body = bodies.get(key)
             answer = self.parse(body, message) if body else None
             usd = self.cost(message.usage.input_tokens, message.usage.output_tokens, batch=True)
-            self.spent += usd
+            self.usage.spent_usd += usd
             self.cache.log_call(key, self.cfg.model, "batch", answer is not None, message.usage.input_tokens,
                                 message.usage.output_tokens, usd, 0.0)
             if answer is not None:

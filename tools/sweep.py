@@ -2,8 +2,8 @@
 
     dvc exp run --queue -S 'train.beta=0.01,0.1,0.5'
     dvc exp run --run-all
-    python -m stages.sweep            (writes reports/sweep.md, sweep.png and sweep.csv)
-    python -m stages.sweep --check    (also fails unless KL falls from the lowest beta to the highest)
+    python -m tools.sweep            (writes reports/sweep.md, sweep.png and sweep.csv)
+    python -m tools.sweep --check    (also fails unless KL falls from the lowest beta to the highest)
     dvc plots show reports/sweep.csv -x kl -y reward_margin     (the DPO paper's reward-vs-KL frontier)
 
 Reads every experiment and the baseline from `dvc exp show --json`. Not a DVC stage: it reads experiments,
@@ -19,10 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stages import cli
-from stages.config import UserError
-from stages.files import write_text
-from stages.stats import task_metric_keys
+from dpo_pipeline import cli
+from dpo_pipeline.config import TaskParams
+from dpo_pipeline.errors import UserError
+from dpo_pipeline.evaluation.schema import PAIRWISE, headline, model_metrics
+from dpo_pipeline.files import write_text
+from dpo_pipeline.tasks import get_task
 
 COLUMNS = ("beta", "kl", "kl_max", "reward_margin", "reward_accuracy", "win_rate", "ci_low", "ci_high",
            "task_metrics", "experiment")
@@ -44,14 +46,15 @@ def rows_from(exp_show: list[dict]) -> list[dict]:
         metrics = {path: m.get("data", {}) for path, m in (data.get("metrics") or {}).items()}
         train = next((m for p, m in metrics.items() if p.endswith("train.json")), {})
         ev = next((m for p, m in metrics.items() if p.endswith("eval.json")), {})
-        if "kl" not in train or "pairwise_dpo_vs_sft" not in ev:
+        if "kl" not in train or PAIRWISE not in ev:
             continue
-        pw = ev["pairwise_dpo_vs_sft"]
+        pw = ev[PAIRWISE]
+        rates = [m.key for m in headline(model_metrics(get_task(TaskParams(**params["task"])))) if m.kind == "rate"]
         rows.append({"beta": params["train"]["beta"], "kl": train["kl"]["final"], "kl_max": train["kl"]["max"],
                      "reward_margin": train["eval_final"]["rewards/margins"],
                      "reward_accuracy": train["eval_final"]["rewards/accuracies"],
                      "win_rate": pw["win_rate"], "ci_low": pw["ci_low"], "ci_high": pw["ci_high"],
-                     "task_metrics": ", ".join(f"{k} {ev[k]['dpo']}" for k in task_metric_keys(ev)),
+                     "task_metrics": ", ".join(f"{k} {ev[k]['dpo']}" for k in rates),
                      "experiment": name})
     return sorted(rows, key=lambda r: (r["beta"], r["experiment"]))
 
@@ -84,7 +87,7 @@ def main() -> None:
     if not rows:
         raise UserError("no experiments with train and eval metrics: run dvc exp run --queue -S "
                         "'train.beta=0.01,0.1,0.5' and dvc exp run --run-all first")
-    from stages.figures import sweep
+    from dpo_pipeline.reporting.figures import sweep
 
     sweep(rows, Path("reports/sweep.png"))
     write_text("reports/sweep.md", markdown(rows) + "\n![Reward margin vs KL, and win rate vs beta](sweep.png)\n")
@@ -104,4 +107,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, needs_params=False)

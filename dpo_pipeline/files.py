@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from stages.config import UserError
+from dpo_pipeline.errors import UserError
 
 
 TEXT = ("id", "prompt", "response")

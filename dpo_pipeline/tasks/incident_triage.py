@@ -6,7 +6,7 @@ The written policy (data/policy.md) is the ground truth; `policy_severity` appli
 so a judge never needs a hidden label.
 
 Regenerate the shipped data (deterministic; the test suite checks the files match):
-    python -m stages.make_data
+    python -m tools.make_data
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from stages.tasks import disjoint_splits
+from dpo_pipeline.tasks import disjoint_splits
 
 NAME = "incident_triage"
 METRICS = {"format_conformance": "Format conformance", "severity_match": "Severity match"}

@@ -1,0 +1,61 @@
+"""What each per-model metric of metrics/eval.json is, declared once.
+
+eval computes them, report and figures label and scale them, diagnostics and the gate decide what a
+change means, the sweep and the pull-request comment pick the headline ones: all from this list, none
+from a metric's name. A new model-level metric is one `Metric` here (and its computation in eval).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dpo_pipeline.tasks import Task
+
+MODELS = ("base", "sft", "dpo")
+MODEL_LABELS = {"base": "Base", "sft": "SFT", "dpo": "SFT+DPO"}
+PAIRWISE = "pairwise_dpo_vs_sft"  # eval.json's pairwise entry: win_rate with its CI, DPO vs SFT
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str            # the entry in eval.json: {key: {base, sft, dpo}}
+    label: str          # for tables and charts
+    kind: Literal["rate", "score", "count"]  # rate: share in [0, 1]; score: the judge's 1-5; count: a mean
+    source: Literal["heuristic", "judge"]    # computed from the text, or asked of the judge
+    higher_is_better: bool | None            # None: neither (a length is not better or worse by itself)
+    field: str = ""     # the per-response field averaged (eval_outputs.jsonl); defaults to key
+
+    @property
+    def name(self) -> str:
+        """How prose names it: "severity match"."""
+        return self.key.replace("_", " ")
+
+    @property
+    def scale(self) -> tuple[float, float] | None:
+        return {"rate": (0.0, 1.0), "score": (1.0, 5.0)}.get(self.kind)
+
+    @property
+    def per_prompt(self) -> bool:
+        """Averaged over prompts with a bootstrap CI, and compared DPO vs SFT prompt by prompt."""
+        return self.kind in ("rate", "score")
+
+    @property
+    def source_field(self) -> str:
+        return self.field or self.key
+
+
+FAITHFULNESS = Metric("faithfulness", "Faithfulness (judge, 1-5)", "score", "judge", True)
+LENGTH = Metric("mean_tokens", "Mean length (tokens)", "count", "heuristic", None, field="tokens")
+
+
+def model_metrics(task: Task) -> list[Metric]:
+    """eval.json's per-model metrics in display order: the task's rates (its METRICS, each a heuristic rate
+    in [0, 1], higher better), the judge's faithfulness score, the mean length."""
+    return [Metric(key, label, "rate", "heuristic", True) for key, label in task.METRICS.items()] + \
+        [FAITHFULNESS, LENGTH]
+
+
+def headline(metrics: list[Metric]) -> list[Metric]:
+    """The metrics a change is judged by (gate, diagnostics, sweep, PR comment): those with a direction."""
+    return [m for m in metrics if m.higher_is_better is not None]

@@ -1,0 +1,64 @@
+"""The eval stage's arithmetic: per-prompt records of the three models' outputs, scores and verdicts, and
+their aggregation into metrics/eval.json ({metric: {base, sft, dpo}}) and the 95% CIs (metrics/eval_ci.json),
+driven by the metric schema."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dpo_pipeline.errors import UserError
+from dpo_pipeline.evaluation.schema import FAITHFULNESS, MODELS, PAIRWISE, Metric
+from dpo_pipeline.evaluation.stats import bootstrap_ci, pairwise_summary
+from dpo_pipeline.judging.base import Judged, Score
+from dpo_pipeline.tasks import Task
+
+OUTCOMES = {"A": "win", "B": "loss", "tie": "tie"}  # the verdict on (DPO, SFT), as DPO's outcome
+
+
+def records(rows: list[dict], outputs: dict[str, list[dict]], scores: list[Score | None], judged: list[Judged],
+            task: Task, metrics: list[Metric]) -> list[dict]:
+    """One record a prompt: each model's text, tokens, heuristic metrics and judge score, and the DPO vs SFT
+    verdict. `scores` holds the models' scores one model after another, in MODELS order."""
+    declared = {m.source_field for m in metrics} - {"tokens", FAITHFULNESS.key}
+    out = []
+    for i, row in enumerate(rows):
+        rec = {"id": row["id"], "prompt": row["prompt"]}
+        for k, name in enumerate(MODELS):
+            text, score = outputs[name][i]["text"], scores[k * len(rows) + i]
+            heuristics = task.response_metrics(row["prompt"], text)
+            if set(heuristics) != declared:  # the schema is the task's METRICS: what it computes must match
+                raise UserError(f"task {task.NAME}: response_metrics gives {sorted(heuristics)} but METRICS "
+                                f"declares {sorted(declared)}")
+            rec[name] = {"text": text, "tokens": outputs[name][i]["tokens"], **heuristics,
+                         FAITHFULNESS.key: None if score is None else score.score}
+        verdict = judged[i].verdict
+        rec[PAIRWISE] = {"outcome": None if verdict is None else OUTCOMES[verdict.winner],
+                         "reason": verdict and verdict.reason}
+        out.append(rec)
+    return out
+
+
+def aggregate(recs: list[dict], metrics: list[Metric], bootstrap_samples: int, seed: int) -> tuple[dict, dict]:
+    """(eval.json's per-model metrics and pairwise summary, the 95% CIs). Invalid judge answers (None) are
+    left out of the means; the DPO - SFT CI is paired over the prompts both have."""
+    def values(model: str, m: Metric) -> list[float]:
+        return [r[model][m.source_field] for r in recs if r[model][m.source_field] is not None]
+
+    def ci95(xs: list[float]) -> dict:
+        lo, hi = bootstrap_ci(xs, bootstrap_samples, seed)
+        return {"low": round(lo, 4), "high": round(hi, 4)}
+
+    # eval.json's order, kept since the first release: the per-prompt metrics by name, then the counts.
+    ordered = sorted(metrics, key=lambda m: (not m.per_prompt, m.key))
+    out, intervals = {}, {}
+    for m in ordered:
+        digits = 4 if m.per_prompt else 2
+        out[m.key] = {model: round(float(np.mean(values(model, m))), digits) for model in MODELS}
+        if m.per_prompt:
+            intervals[m.key] = {model: ci95(values(model, m)) for model in MODELS}
+            f = m.source_field
+            intervals[m.key]["delta_dpo_sft"] = ci95([r["dpo"][f] - r["sft"][f] for r in recs
+                                                      if r["dpo"][f] is not None and r["sft"][f] is not None])
+    outcomes = [r[PAIRWISE]["outcome"] for r in recs if r[PAIRWISE]["outcome"]]
+    out[PAIRWISE] = pairwise_summary(outcomes, bootstrap_samples, seed)
+    return out, intervals

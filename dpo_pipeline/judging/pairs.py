@@ -1,0 +1,75 @@
+"""Preference pairs from a judge's verdicts: two candidates judged in both orders, or best vs worst of
+more; and label noise on purpose (garbage in, to watch garbage out)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from dpo_pipeline.chat import assistant, user
+from dpo_pipeline.judging.base import Judge, Judged, Verdict, pairwise_both_orders
+
+
+def best_vs_worst(judge: Judge, samples: list[dict]) -> list[Judged]:
+    """Score every candidate; the verdict says which of the best ("A") and the worst ("B") won, with the
+    candidates' indices in `picks`. Fewer than two valid scores: invalid. Equal best and worst: a tie."""
+    items = [(row["prompt"], r["text"]) for row in samples for r in row["responses"]]
+    scores = iter(judge.score_all(items))
+    out = []
+    for row in samples:
+        valid = [(s.score, i) for i, s in enumerate(next(scores) for _ in row["responses"]) if s is not None]
+        if len(valid) < 2:
+            out.append(Judged(None, False))
+            continue
+        best = min(valid, key=lambda x: (-x[0], x[1]))  # the highest score, the first candidate among equals
+        worst = min(valid)                               # the lowest score, the first among equals
+        winner = "tie" if best[0] == worst[0] else "A"
+        out.append(Judged(Verdict(winner=winner, reason=f"best {best[0]} vs worst {worst[0]} of {len(valid)}"),
+                          True, picks=(best[1], worst[1])))
+    return out
+
+
+def build_pairs(samples: list[dict], judge: Judge) -> tuple[list[dict], list[Judged], Counter]:
+    if len(samples[0]["responses"]) > 2:
+        judged = best_vs_worst(judge, samples)
+    else:
+        items = [(row["prompt"], row["responses"][0]["text"], row["responses"][1]["text"]) for row in samples]
+        judged = pairwise_both_orders(judge, items)
+    pairs, counts = [], Counter()
+    for row, j in zip(samples, judged):
+        counts["position_consistent"] += j.consistent
+        if j.verdict is None:
+            counts["invalid"] += 1
+            continue
+        if j.verdict.winner == "tie":
+            counts["ties"] += 1
+            continue
+        a, b = (row["responses"][i] for i in j.picks)
+        chosen, rejected = (a, b) if j.verdict.winner == "A" else (b, a)
+        counts[f"chosen_at_T{chosen['temperature']}"] += 1
+        pairs.append({
+            "id": row["id"],
+            "prompt": user(row["prompt"]),
+            "chosen": assistant(chosen["text"]),
+            "rejected": assistant(rejected["text"]),
+            "chosen_temperature": chosen["temperature"],
+            "rejected_temperature": rejected["temperature"],
+            "judge": judge.name,
+            "reason": j.verdict.reason,
+        })
+    return pairs, judged, counts
+
+
+def add_label_noise(pairs: list[dict], rate: float, seed: int) -> tuple[list[dict], int]:
+    """Swap chosen and rejected on a seeded `rate` share of the pairs: garbage in, to see garbage out."""
+    rng = random.Random(seed)
+    flip = set(rng.sample(range(len(pairs)), round(rate * len(pairs))))
+    noisy = [{**p, "chosen": p["rejected"], "rejected": p["chosen"], "label_flipped": True} if i in flip else p
+             for i, p in enumerate(pairs)]
+    return noisy, len(flip)
+
+
+def agreement(judged: list[Judged], reference: list[Judged]) -> float | None:
+    """How often two judges' final verdicts agree, over the pairs both judged validly."""
+    both = [(a.verdict.winner, b.verdict.winner) for a, b in zip(judged, reference) if a.verdict and b.verdict]
+    return round(sum(x == y for x, y in both) / len(both), 4) if both else None

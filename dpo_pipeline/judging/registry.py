@@ -1,0 +1,27 @@
+"""The one place judge backends are named: `judge.backend` -> a Judge. Callers get a Judge and use only its
+interface (base.py), so adding a backend is one class and one line here."""
+
+from __future__ import annotations
+
+from dpo_pipeline.config import JudgeParams
+from dpo_pipeline.judging.base import Judge
+from dpo_pipeline.tasks import Task
+
+
+
+def make_judge(cfg: JudgeParams, task: Task, policy: str, *, send: bool = True) -> Judge:
+    """The configured judge. `send=False` builds one that estimates costs but can send nothing, so it needs
+    no API key (tools.estimate)."""
+    if cfg.backend == "rubric":
+        return reference_judge(task)
+    # Imported here: the SDK is only needed when Claude judges.
+    from dpo_pipeline.judging.claude import AnthropicJudge, api_key_from_env
+
+    return AnthropicJudge(cfg, policy, api_key_from_env() if send else None)
+
+
+def reference_judge(task: Task) -> Judge:
+    """The offline, deterministic judge every other backend's agreement is measured against."""
+    from dpo_pipeline.judging.rubric import RubricJudge
+
+    return RubricJudge(task)

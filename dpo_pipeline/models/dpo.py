@@ -1,0 +1,60 @@
+"""The DPO trainer's settings and logging: TRL's DPOConfig from `train` params (the stage and the bench's
+bare TRL script build it here), transformers' DVCLive callback against the optimizer step, and the summary
+metrics/train.json keeps."""
+
+from __future__ import annotations
+
+from dpo_pipeline.config import TrainParams
+from dpo_pipeline.models.training import common_args
+
+
+def dpo_config(output_dir: str, seed: int, cfg: TrainParams, max_length: int, world_size: int = 1):
+    """TRL's DPOConfig from `train` params. The global batch stays `cfg.batch_size` whatever the number of
+    processes (each takes an equal share), so runs with 1 or N processes compare."""
+    from trl import DPOConfig
+
+    return DPOConfig(
+        beta=cfg.beta, learning_rate=cfg.learning_rate,
+        # RPO-style: an NLL term on the chosen response keeps its likelihood from falling with the rejected
+        loss_type=[cfg.loss_type, "sft"] if cfg.sft_weight else [cfg.loss_type],
+        loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight else None,
+        label_smoothing=cfg.label_smoothing, discopop_tau=cfg.discopop_tau,
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size // world_size,
+        per_device_eval_batch_size=cfg.batch_size, lr_scheduler_type="linear", warmup_steps=0.1,
+        max_length=max_length, logging_steps=cfg.logging_steps, eval_strategy="steps",
+        eval_steps=cfg.logging_steps * 2, eval_on_start=True, **common_args(output_dir, seed),
+    )
+
+
+def without_timings(logs: dict) -> dict:
+    """Wall-clock keys (runtime, samples/s, steps/s) differ run to run; identical params must give
+    identical logged curves, so they are not logged."""
+    return {k: v for k, v in logs.items() if not k.endswith(("runtime", "per_second"))}
+
+
+def live_callback(live):
+    """transformers' own DVCLive callback, plotting against the optimizer step (train and eval logs of one
+    step share an x value) and without wall-clock keys."""
+    from transformers.integrations import DVCLiveCallback
+
+    class StepLive(DVCLiveCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.live is not None:
+                self.live.step = state.global_step
+            super().on_log(args, state, control, logs=without_timings(logs or {}), **kwargs)
+
+    return StepLive(live=live)
+
+
+def summarize(log_history: list[dict]) -> dict:
+    """The numbers a reader checks: where rewards started, where margins and accuracies ended."""
+    train = [h for h in log_history if "rewards/margins" in h]
+    evals = [h for h in log_history if "eval_rewards/margins" in h]
+    pick = lambda h, k: round(h[k], 4)  # noqa: E731
+    return {
+        "first_step": {k: pick(train[0], k) for k in ("rewards/chosen", "rewards/rejected", "rewards/margins")},
+        "final": {k: pick(train[-1], k) for k in ("loss", "rewards/margins", "rewards/accuracies")},
+        "eval_first": {k: pick(evals[0], "eval_" + k) for k in ("rewards/margins", "rewards/accuracies")},
+        "eval_final": {k: pick(evals[-1], "eval_" + k) for k in ("loss", "rewards/margins", "rewards/accuracies")},
+    }

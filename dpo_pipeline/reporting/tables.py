@@ -1,0 +1,85 @@
+"""The 3-way comparison as rows, as markdown (reports/report.md) and as a terminal table, labelled and
+ordered by the metric schema."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from dpo_pipeline.config import ReportParams
+from dpo_pipeline.evaluation.schema import FAITHFULNESS, MODEL_LABELS, MODELS, PAIRWISE, Metric
+from dpo_pipeline.reporting.diagnostics import diagnose, healthy_evidence, reflection
+
+HEADER = ("Metric", "Base", "SFT", "SFT+DPO", "Δ DPO over SFT")
+
+
+def table_rows(ev: dict, cis: dict, metrics: list[Metric]) -> list[list[str]]:
+    """[metric, base, sft, dpo, delta] cells; per-prompt metrics with their 95% CI."""
+    rows = []
+    for m in metrics:
+        values, ci = ev[m.key], cis.get(m.key)
+        cell = lambda name: f"{values[name]:.2f}" + (f" [{ci[name]['low']:.2f}, {ci[name]['high']:.2f}]" if ci else "")  # noqa: E731
+        delta = f"{values['dpo'] - values['sft']:+.2f}"
+        if ci and "delta_dpo_sft" in ci:
+            delta += f" [{ci['delta_dpo_sft']['low']:+.2f}, {ci['delta_dpo_sft']['high']:+.2f}]"
+        rows.append([m.label, *(cell(name) for name in MODELS), delta])
+    pw = ev[PAIRWISE]
+    rows.append(["Preferred (judge pairwise, DPO vs SFT)", "-", "-",
+                 f"{pw['win_rate']:.1%} [{pw['ci_low']:.1%}, {pw['ci_high']:.1%}]",
+                 f"{(pw['win_rate'] - 0.5) * 100:+.1f}pp"])
+    return rows
+
+
+def preference_data(judge: dict, generated: bool) -> str:
+    if not generated:
+        return (f"{judge['pairs']} pairs from `{judge['source']}` ({judge['format']} rows, "
+                f"{judge['dropped_identical']} with chosen = rejected dropped); nothing sampled or judged here.")
+    text = (f"{judge['pairs']} pairs kept from {judge['prompts']} prompts by the `{judge['backend']}` judge; "
+            f"{judge['ties']} ties dropped")
+    if judge.get("position_consistency") is not None:
+        return text + f"; position consistency {judge['position_consistency']:.1%}."
+    return text + f"; best vs worst of {judge['candidates']} candidates a prompt."
+
+
+def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict], cfg: ReportParams,
+             metrics: list[Metric], generated: bool) -> str:
+    pw = ev[PAIRWISE]
+    lines = ["# Base vs SFT vs SFT+DPO", "",
+             f"{ev['n_prompts']} held-out prompts; 95% bootstrap CIs over prompts in brackets.", "",
+             "| " + " | ".join(HEADER) + " |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in table_rows(ev, cis, metrics)]
+    lines += ["", "![Base vs SFT vs SFT+DPO, 95% CIs](eval_bars.png)", "",
+              f"Pairwise DPO vs SFT, judged in both orders: {pw['wins']} wins, {pw['losses']} losses, "
+              f"{pw['ties']} ties; win rate = (wins + ties/2) / n.", "",
+              "## Preference data", "", preference_data(judge, generated), "",
+              "## DPO training", "", "![Training curves](training_curves.png)", "",
+              f"- Reward margin: {train['first_step']['rewards/margins']} at the first step (the reference is the "
+              f"SFT model) -> {train['final']['rewards/margins']} at the end; reward accuracy "
+              f"{train['final']['rewards/accuracies']}.",
+              f"- Validation ({train['pairs_eval']} held-out pairs): reward gap "
+              f"{train['eval_first']['rewards/margins']} -> {train['eval_final']['rewards/margins']}, accuracy "
+              f"{train['eval_final']['rewards/accuracies']}.",
+              f"- KL from the SFT reference: {train['kl']['final']} nats per sequence at the end (max "
+              f"{train['kl']['max']}); on the eval prompts KL(SFT+DPO || SFT) = {ev['kl_dpo_vs_sft']['kl']}.", "",
+              "## Diagnostics", ""]
+    findings = diagnose(ev, cis, train, cfg, metrics)
+    lines += [f"- **{f.rule}**: {f.evidence}. Try: {f.advice}." for f in findings] or [
+        f"- **Healthy run**: {healthy_evidence(ev, cis, train, metrics)}."]
+    lines += ["", "## Examples", ""]
+    for ex in examples:
+        lines += [f"**{ex['id']}**: {ex['prompt']}", "", "| Model | Output | Score |", "|---|---|---|"]
+        for name in MODELS:
+            text = ex[name]["text"].replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {MODEL_LABELS[name]} | `{text}` | {ex[name][FAITHFULNESS.key]} |")
+        lines.append("")
+    lines += ["## What DPO did to my model, and what it didn't", "", *reflection(ev, cis, train, metrics), ""]
+    return "\n".join(lines)
+
+
+def print_table(ev: dict, cis: dict, metrics: list[Metric]) -> None:
+    table = Table(title="Base vs SFT vs SFT+DPO (95% CI)")
+    for col in HEADER:
+        table.add_column(col)
+    for row in table_rows(ev, cis, metrics):
+        table.add_row(*row)
+    Console(width=max(Console().width, 120)).print(table)

@@ -1,0 +1,69 @@
+"""Before paying: how many judge calls the judge and eval stages will make, the estimated tokens and USD.
+
+    python -m tools.estimate
+
+Needs no API key and sends nothing. For the judge stage it uses the sampled responses when they exist
+(and subtracts what the cache already holds), else the prompts with worst-case-length responses; for the
+eval stage, the held-out prompts with worst-case-length responses. Output tokens are counted at
+`judge.max_tokens`, so the USD figure is an upper estimate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from dpo_pipeline import cli
+from dpo_pipeline.config import Params
+from dpo_pipeline.files import read_jsonl, read_text
+from dpo_pipeline.judging.base import Estimate
+from dpo_pipeline.judging.registry import make_judge
+from dpo_pipeline.tasks import get_task
+
+
+def main(params: Params) -> None:
+    paths, cfg = params.paths, params.judge
+    judge = make_judge(cfg, get_task(params.task), read_text(params.task_files.policy), send=False)
+    worst_sample = "x" * (params.sample.max_new_tokens * 4)  # ~4 characters a token
+    worst_eval = "x" * (params.eval.max_new_tokens * 4)
+    k = params.sample.num_candidates
+    if Path(paths.samples).exists() and Path(paths.samples).stat().st_size:
+        candidates = [(r["prompt"], [x["text"] for x in r["responses"]])
+                      for r in read_jsonl(paths.samples, required=("prompt", "responses"))]
+    else:
+        candidates = [(r["prompt"], [worst_sample + " " * i for i in range(k)])
+                      for r in read_jsonl(params.task_files.prompts, required=("prompt",))]
+    prompts = [r["prompt"] for r in read_jsonl(params.task_files.eval_prompts, required=("prompt",))]
+    rows: dict[str, Estimate] = {}
+    if not params.preferences.generated:
+        print(f"preferences.source is {params.preferences.source}: the judge stage judges nothing")
+    elif k == 2:
+        pairs = [(p, a, b) for p, (a, b) in candidates]
+        rows["judge (pairwise, both orders)"] = judge.estimate("pairwise", pairs + [(p, b, a) for p, a, b in pairs])
+    else:
+        rows[f"judge (score {k} candidates, best vs worst)"] = judge.estimate(
+            "score", [(p, text) for p, texts in candidates for text in texts])
+    rows |= {
+        "eval (faithfulness, 3 models)": judge.estimate("score", [(p, worst_eval + m) for m in "abc"
+                                                                  for p in prompts]),
+        "eval (DPO vs SFT, both orders)": judge.estimate("pairwise", [(p, worst_eval, worst_eval + o)
+                                                                      for o in ("a", "b") for p in prompts]),
+    }
+    title = f"{cfg.model}, {cfg.mode} mode (upper bound)" if judge.remote else "offline: nothing is sent or paid"
+    table = Table(title=f"Judge cost estimate: {judge.name} judge, {title}")
+    for col in ("stage", "calls", "unique", "cached", "to send", "input tokens", "output tokens (max)", "USD"):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    for name, r in rows.items():
+        table.add_row(name, *(f"{v:,}" for v in (r.calls, r.unique, r.cached, r.to_send, r.input_tokens,
+                                                  r.output_tokens)), f"${r.usd:.2f}")
+    total = sum(r.usd for r in rows.values())
+    table.add_row("total", "", "", "", f"{sum(r.to_send for r in rows.values()):,}", "", "", f"${total:.2f}")
+    Console(width=max(Console().width, 120)).print(table)
+    if total > cfg.max_cost_usd:
+        print(f"note: above judge.max_cost_usd (${cfg.max_cost_usd:.2f}); each stage stops before passing it")
+
+
+if __name__ == "__main__":
+    cli.run(main)
