@@ -320,7 +320,8 @@ def test_my_gpt2_model_my_sft_adapter_and_an_ultrafeedback_parquet(repo, reprodu
     assert "sample: skipped, the preference pairs come from" in out
     assert (repo / "artifacts/samples.jsonl").read_text() == ""
     judge = json.loads((repo / "metrics/judge.json").read_text())
-    assert (judge["backend"], judge["format"], judge["pairs"]) == ("dataset", "conversational", 30)
+    assert (judge["source"], judge["format"], judge["pairs"]) == (str(prefs), "conversational", 30)
+    assert "backend" not in judge  # nothing judged: no judge backend is named
     train = json.loads((repo / "metrics/train.json").read_text())
     assert train["pairs_train"] + train["pairs_eval"] == 30
     dpo = json.loads((repo / "models/dpo/adapter_config.json").read_text())
