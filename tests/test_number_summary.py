@@ -147,3 +147,21 @@ def test_sft_data_is_realistically_flawed(shipped):
                     if len(t.numbers(t.source_text(r["prompt"]))) == n] for n in (2, 4)}
     missing = {n: sum(lost) / len(lost) for n, lost in by_count.items()}
     assert missing[4] > 1.5 * missing[2]
+
+
+ONE_LINE = "Leeds depot: output up 12% to 340 units; headcount 45 after 3 hires; on-time 94.5%."
+
+
+@pytest.mark.parametrize("response, well_formed, score", [
+    (ONE_LINE, True, 5),
+    (f"```\n{ONE_LINE}\n```", False, 1),                   # a code fence is more than one line: the policy says one
+    (f"Here is the summary: {ONE_LINE}", True, 2),        # a preamble: one line within the limit, scored down
+    ("Leeds depot: output up 12% to 340 units; headcount", True, 2),  # cut at max_new_tokens: 3 of 5 lost
+    ("", False, 1),
+    ("  \n ", False, 1),
+])
+def test_reading_real_model_responses_follows_the_policy(response, well_formed, score):
+    metrics = t.response_metrics(PROMPT, response)  # never raises, whatever the text
+    assert metrics["format_conformance"] == float(well_formed)
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert t.rubric_score(PROMPT, response)[0] == score

@@ -113,3 +113,32 @@ def test_sft_data_is_realistically_flawed(shipped):
                         and t.parse_report(r["prompt"]).kind == "outage" and t.parse_response(r["response"])]
     sev2 = sum(t.parse_response(r["response"]).severity == "SEV2" for r in internal_outages)
     assert sev2 / len(internal_outages) > 0.6
+
+
+# What real models write: the policy's "Reading a response" section, case by case.
+GOOD_JSON = '{"severity": "SEV1", "service": "payments", "summary": "payments down"}'
+OUTAGE = "The payments service is completely down for all customers. No workaround."
+
+
+@pytest.mark.parametrize("response, well_formed, severity", [
+    (GOOD_JSON, True, "SEV1"),
+    (f"```json\n{GOOD_JSON}\n```", True, "SEV1"),                       # one code fence: the same answer
+    (f"```\n{GOOD_JSON}\n```", True, "SEV1"),
+    (f"Here is the triage:\n{GOOD_JSON}\nLet me know!", False, "SEV1"),  # text around it: found, not well-formed
+    (f"Sure! ```json\n{GOOD_JSON}\n```", False, "SEV1"),
+    (f"{GOOD_JSON}\n{GOOD_JSON}", False, "SEV1"),                         # two objects
+    (GOOD_JSON[:40], False, None),                                        # cut at max_new_tokens
+    ('{"note": "thinking"} then ' + GOOD_JSON, False, "SEV1"),            # the first object OF THE SCHEMA
+    ("", False, None),
+    ("   \n", False, None),
+    ("The severity is SEV1 because payments is down.", False, None),     # prose: no answer to read
+])
+def test_reading_real_model_responses_follows_the_policy(response, well_formed, severity):
+    assert (t.parse_response(response) is not None) == well_formed
+    found = t.find_answer(response)
+    assert (found and found.severity) == severity
+    metrics = t.response_metrics(OUTAGE, response)  # never raises, whatever the text
+    assert metrics == {"format_conformance": float(well_formed), "severity_match": float(severity == "SEV1")}
+    score, reason = t.rubric_score(OUTAGE, response)
+    assert 1 <= score <= 5 and reason
+    assert (score == 1) == (not well_formed)  # the rubric judges the form first, as the policy reads

@@ -65,10 +65,11 @@ def write_manifest(out_dir: Path, info: dict) -> None:
 
 
 def model_folder(out_dir: str | Path) -> dict:
-    """What a stage output holds: a model saved in it, or a manifest naming a model elsewhere."""
+    """What a stage output holds: a model saved in it, or a manifest naming a model elsewhere. A manifest
+    with no `path` describes the model saved beside it (a converted builtin)."""
     manifest = Path(out_dir) / MANIFEST
     if manifest.exists():
-        return json.loads(manifest.read_text())
+        return {"path": str(out_dir), **json.loads(manifest.read_text())}
     if not Path(out_dir).is_dir():
         raise UserError(f"{out_dir}: not found; run `dvc repro` (the stage that writes it comes first)")
     return {"path": str(out_dir), "kind": "adapter" if (Path(out_dir) / "adapter_config.json").exists() else "full"}

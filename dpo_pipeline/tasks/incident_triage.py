@@ -150,12 +150,34 @@ def reference_summary(inc: Incident) -> str:
 # Reading responses and scoring them against the policy
 
 
+# The policy's "Reading a response" section: the answer is exactly one JSON object of the schema, alone or
+# in one ```json code fence; anything else around it is not well-formed. A reader still finds the severity in
+# the first complete object of the schema anywhere in the text (a chatty model's "Here is the triage: {...}"),
+# and a response cut off before its object closes, or empty, has none.
+FENCE = re.compile(r"\A```(?:json)?[ \t]*\n(.*?)\n?```\Z", re.S)
+DECODER = json.JSONDecoder()
+
+
 def parse_response(text: str) -> Triage | None:
-    """The response if it is exactly one valid JSON object of the schema, else None."""
+    """The response if it is well-formed by the policy (one JSON object of the schema, bare or fenced)."""
+    text = text.strip()
+    if fenced := FENCE.match(text):
+        text = fenced.group(1).strip()
     try:
-        return Triage.model_validate(json.loads(text.strip()))
+        return Triage.model_validate(json.loads(text))
     except (ValueError, ValidationError):
         return None
+
+
+def find_answer(text: str) -> Triage | None:
+    """The first complete JSON object of the schema anywhere in the text, or None (none, cut off, empty)."""
+    start = text.find("{")
+    while start != -1:
+        try:
+            return Triage.model_validate(DECODER.raw_decode(text, start)[0])
+        except (ValueError, ValidationError):
+            start = text.find("{", start + 1)
+    return None
 
 
 def rubric_score(prompt: str, response: str) -> tuple[int, str]:
@@ -181,10 +203,10 @@ def rubric_score(prompt: str, response: str) -> tuple[int, str]:
 
 def response_metrics(prompt: str, response: str) -> dict[str, float]:
     """Heuristic eval metrics for one response (averaged over prompts by the eval stage)."""
-    parsed = parse_response(response)
+    answer = find_answer(response)
     return {
-        "format_conformance": float(parsed is not None),
-        "severity_match": float(parsed is not None and parsed.severity == policy_severity(prompt)),
+        "format_conformance": float(parse_response(response) is not None),
+        "severity_match": float(answer is not None and answer.severity == policy_severity(prompt)),
     }
 
 
