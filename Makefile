@@ -33,11 +33,13 @@ test: install
 	python -m pytest
 
 # The regression gate (CI runs it after the tests): reproduce the defaults, compare with the committed
-# metrics, then sweep beta and check that a higher beta gives a lower KL.
+# metrics, then train at beta 0.5 beside the defaults' 0.1 and check that the higher beta gives the lower KL.
+# Not 0.01: TRL's sigmoid loss scales its gradient by beta, so at 0.01 the DPO term barely moves the policy
+# and KL comes out LOW (0.91 against 2.69 at 0.1 and 1.61 at 0.5 on one machine; 1.91 / 2.03 / 0.45 on another).
 gate: install
 	dvc repro
 	python -m tools.gate
-	dvc exp run --queue -S 'train.beta=0.01,0.5'
+	dvc exp run --queue -S 'train.beta=0.5'
 	dvc exp run --run-all
 	python -m tools.sweep --check
 
