@@ -57,17 +57,19 @@ REAL_NAME = real-smollm2$(if $(filter-out incident_triage,$(REAL_TASK)),-$(REAL_
 REAL = -S model.base=builtin:smollm2-135m -S paths.reports=reports/$(REAL_NAME) \
        -S task.name=$(REAL_TASK) -S task.module=dpo_pipeline/tasks/$(REAL_TASK).py \
        -S sft.max_rows=256 -S sft.learning_rate=1e-3 -S sft.batch_size=8 \
-       -S sample.max_prompts=160 -S sample.max_new_tokens=40 -S sample.batch_size=40 \
-       -S train.learning_rate=2e-4 -S train.batch_size=8 -S train.epochs=1.5 -S train.precompute_ref_log_probs=true \
-       -S train.logging_steps=4 -S train.kl_every=20 -S train.kl_prompts=16 -S train.kl_max_new_tokens=40 \
+       -S sample.max_prompts=144 -S sample.max_new_tokens=40 -S sample.batch_size=36 \
+       -S train.learning_rate=3e-4 -S train.batch_size=8 -S train.epochs=1 -S train.precompute_ref_log_probs=true \
+       -S train.logging_steps=2 -S train.kl_every=6 -S train.kl_prompts=16 -S train.kl_max_new_tokens=40 \
        -S eval.max_prompts=64 -S eval.max_new_tokens=40 -S eval.batch_size=32
 
 # --temp: the experiment runs in a copy, so this workspace keeps the defaults (make run stays the tiny run);
 # its report folder is then checked out of the experiment's commit.
 real: install
 	-dvc exp remove $(REAL_NAME) 2>/dev/null
-	dvc exp run --temp -n $(REAL_NAME) $(REAL)
+	rm -f reports/$(REAL_NAME).stages.jsonl
+	DPO_PIPELINE_STAGE_LOG=$(abspath reports/$(REAL_NAME).stages.jsonl) dvc exp run --temp -n $(REAL_NAME) $(REAL)
 	git checkout $$(git for-each-ref --format='%(refname)' 'refs/exps/' | grep '/$(REAL_NAME)$$' | head -1) -- reports/$(REAL_NAME)
+	mv reports/$(REAL_NAME).stages.jsonl reports/$(REAL_NAME)/stages.jsonl
 	sed -n '1,13p' reports/$(REAL_NAME)/report.md
 
 clean:

@@ -4,9 +4,12 @@ place a user mistake becomes a message."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import resource
 import sys
+import time
 import warnings
 from typing import Callable
 
@@ -16,6 +19,11 @@ from dpo_pipeline.errors import ServiceError, UserError
 # Stages draw their own progress (rich); the libraries' bars for loading weights or files would only
 # interleave with it. Set before transformers / huggingface_hub are imported, which read it then.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Stages import this module first, before torch: the stage log's clock counts their imports and model loads.
+STARTED = time.perf_counter()
+# Set, each finished stage appends a line {stage, seconds, peak_rss_mib} there (`make real` keeps its run's).
+# Kept out of metrics/: wall time differs run to run, and identical params must give identical metrics.
+STAGE_LOG = "DPO_PIPELINE_STAGE_LOG"
 
 
 def run(main: Callable[..., None], needs_params: bool = True) -> None:
@@ -25,9 +33,19 @@ def run(main: Callable[..., None], needs_params: bool = True) -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
         main(load_params()) if needs_params else main()
+        if os.environ.get(STAGE_LOG):
+            log_stage(os.environ[STAGE_LOG], main.__module__.rsplit(".", 1)[-1])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except ServiceError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def log_stage(path: str, stage: str) -> None:
+    """Append this process's wall time and peak resident memory (Linux reports KiB) to the stage log."""
+    line = {"stage": stage, "seconds": round(time.perf_counter() - STARTED, 1),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")

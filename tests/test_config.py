@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -209,3 +210,18 @@ def test_eval_prompts_that_are_training_prompts_are_refused(workdir):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("error: data/incident_triage/eval.jsonl: id 'e-00005' has the prompt of "
                                   "data/incident_triage/prompts.jsonl id 'prompts-00005'; held-out prompts"), proc.stderr
+
+
+def test_the_stage_log_gets_one_line_per_finished_stage_and_none_for_a_failed_one(tmp_path, monkeypatch):
+    from dpo_pipeline import cli
+
+    log = tmp_path / "stages.jsonl"
+    monkeypatch.setenv(cli.STAGE_LOG, str(log))
+    cli.run(lambda: bytearray(50 * 2**20), needs_params=False)  # holds 50 MiB for a moment
+
+    def failing():
+        raise UserError("bad input")
+    with pytest.raises(SystemExit):
+        cli.run(failing, needs_params=False)
+    [line] = [json.loads(x) for x in log.read_text().splitlines()]
+    assert line["stage"] == "test_config" and line["seconds"] >= 0 and line["peak_rss_mib"] >= 50
