@@ -4,6 +4,8 @@
 # make test  : create .venv, install, run the test suite
 # make gate  : the regression gate CI runs after the tests (reproduce, compare, beta sweep)
 # make pr-report BASE=<ref> : the markdown diff a pull request gets (the CI workflow posts it)
+# make seeds : the defaults over training seeds (the workspace's plus SEEDS="1 2") as DVC experiments; the
+#              seeds table goes to reports/seeds.md and the report says how many seeds stand behind it
 # make data  : regenerate the shipped data/ files from params.yaml's `data` section
 # make real  : the real run: SmolLM2-135M-Instruct through the whole pipeline on a CPU, as the DVC experiment
 #              `real-smollm2` (dvc exp show lists it beside the defaults); REAL_TASK=number_summary for the
@@ -12,7 +14,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run show test gate pr-report data real install clean
+.PHONY: run show test gate pr-report data real seeds install clean
 
 install: $(VENV)/.installed
 
@@ -49,6 +51,12 @@ pr-report: install
 
 data: install
 	python -m tools.make_data
+
+SEEDS ?= 1 2
+seeds: install
+	dvc repro
+	python -m tools.seeds $(SEEDS)
+	dvc repro report
 
 # The real profile: the defaults with these changes; 21.5 min measured on 2 CPU cores, target 20 (README,
 # "A real model"). LoRA on a pretrained model wants a far lower rate than the tiny model trained from scratch.

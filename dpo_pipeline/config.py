@@ -38,6 +38,7 @@ class Paths(Section):
     eval_ci: str
     train_live: str
     reports: str  # a folder: report.md, training_curves.png, eval_bars.png
+    seeds: str    # python -m tools.seeds: DPO's gain across training seeds (git-tracked; the report reads it)
 
 
 class DataParams(Section):
@@ -187,6 +188,9 @@ SMOOTHED = {"robust": (0.0, 0.5), "exo_pair": (0.0, 1.0), "aot": (0.0, 0.5), "ao
 
 
 class TrainParams(Lora):
+    # The training seed (LoRA init, data order, dropout); null: the top-level seed. The held-out split and
+    # the KL measurements stay on the top-level seed, so runs over training seeds compare like for like.
+    seed: int | None = Field(ge=0)
     beta: float = Field(gt=0)
     loss_type: Literal[LOSS_TYPES]  # type: ignore[valid-type]
     label_smoothing: float = Field(ge=0, lt=1)  # robust: assumed label-flip rate; exo_pair: epsilon

@@ -5,8 +5,8 @@
 All three models decode with the same params and seeds. Metrics (metrics/eval.json):
 the task's rates, the judge's faithfulness and the mean length per model (as
 dpo_pipeline/evaluation/schema.py declares them) ({metric: {base, sft, dpo}}), KL(SFT+DPO || SFT)
-on the eval prompts, and DPO vs SFT pairwise preference judged in both orders, with a 95%
-bootstrap CI over prompts. The per-model 95% CIs go to `paths.eval_ci`; per-prompt outputs, scores and
+on the eval prompts, and pairwise preference for every pair of models (DPO vs SFT, DPO vs base, SFT vs
+base) judged in both orders, raw and length-controlled, each with a 95% bootstrap CI over prompts. The per-model 95% CIs go to `paths.eval_ci`; per-prompt outputs, scores and
 verdicts to `paths.eval_outputs`.
 """
 
@@ -18,7 +18,7 @@ from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
 from dpo_pipeline.evaluation.schema import MODELS, PAIRWISE, model_metrics
-from dpo_pipeline.evaluation.scoring import aggregate, records
+from dpo_pipeline.evaluation.scoring import aggregate, pair_items, records
 from dpo_pipeline.files import read_jsonl, read_text, write_json, write_jsonl
 from dpo_pipeline.judging.base import pairwise_both_orders
 from dpo_pipeline.judging.registry import make_judge
@@ -45,7 +45,7 @@ def main(params: Params) -> None:
 
     from dpo_pipeline.models.generation import fitting, generate
     from dpo_pipeline.models.kl import sequence_kl
-    from dpo_pipeline.models.loading import load_policy, load_tokenizer
+    from dpo_pipeline.models.loading import load_policy, load_tokenizer, machine
 
     # --- generate with each model, same prompts, decoding params and seeds
     tokenizer = load_tokenizer(paths)
@@ -62,13 +62,13 @@ def main(params: Params) -> None:
                                  max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                  seed=params.seed, label=f"eval {name}")
         if name == "dpo":  # KL(SFT+DPO || SFT): the DPO adapter disabled is exactly the SFT model
-            kl = sequence_kl(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, seed=params.seed)
+            kl = sequence_kl(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, seed=params.seed,
+                             bootstrap_samples=cfg.bootstrap_samples)
         del model
 
-    # --- score each response; judge DPO vs SFT in both orders (invalid judge answers are excluded)
+    # --- score each response; judge each pair of models in both orders (invalid judge answers are excluded)
     scores = judge.score_all([(row["prompt"], outputs[m][i]["text"]) for m in MODELS for i, row in enumerate(rows)])
-    judged = pairwise_both_orders(judge, [(row["prompt"], outputs["dpo"][i]["text"], outputs["sft"][i]["text"])
-                                          for i, row in enumerate(rows)])
+    judged = pairwise_both_orders(judge, pair_items(rows, outputs))
     schema = model_metrics(task)
     recs = records(rows, outputs, scores, judged, task, schema)
 
@@ -79,12 +79,13 @@ def main(params: Params) -> None:
     metrics["n_prompts"] = len(recs)
     metrics["dropped_too_long"] = n_read - len(recs)  # prompts that left no room for max_new_tokens
     metrics["judge"] = {"backend": judge.name, **judge.usage.as_metrics()}
+    metrics["machine"] = machine()  # the same params give the same numbers on this kind of machine only
     write_jsonl(paths.eval_outputs, recs)
     write_json(paths.eval_ci, intervals)
     write_json(paths.eval_metrics, metrics)
     pw = metrics[PAIRWISE]
-    print(f"[bold]eval[/]: DPO vs SFT win rate {pw['win_rate']} [{pw['ci_low']}, {pw['ci_high']}] over "
-          f"{len(recs)} prompts -> {paths.eval_metrics}")
+    print(f"[bold]eval[/]: DPO vs SFT win rate {pw['win_rate']} [{pw['ci_low']}, {pw['ci_high']}], length-controlled "
+          f"{pw['lc_win_rate']} [{pw['lc_ci_low']}, {pw['lc_ci_high']}] over {len(recs)} prompts -> {paths.eval_metrics}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.evaluation.schema import PAIRWISE, model_metrics
+from dpo_pipeline.evaluation.seeds import fingerprint, verdict_line
 from dpo_pipeline.files import read_jsonl, write_text
 from dpo_pipeline.reporting.tables import markdown, print_table
 from dpo_pipeline.tasks import get_task
@@ -36,8 +37,10 @@ def main(params: Params, show: bool = False) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     curves(Path(paths.train_live) / "plots" / "metrics", folder / "training_curves.png")
     bars(ev, cis, metrics, folder / "eval_bars.png")
+    seeds = json.loads(Path(paths.seeds).read_text()) if Path(paths.seeds).exists() else None
     write_text(folder / "report.md", markdown(ev, cis, judge, train, examples, params.report, metrics,
-                                              params.preferences.generated))
+                                              params.preferences.generated,
+                                              verdict_line(seeds, fingerprint(params.model_dump()))))
     print(f"report: {folder / 'report.md'} (the table: python -m stages.report --show)")
 
 

@@ -69,3 +69,24 @@ def test_reflection_states_what_moved_and_what_did_not():
     assert "faithfulness: SFT 4.4 -> SFT+DPO 4.7 (+0.3, 95% CI [-0.05, +0.3], not significant)" in text
     assert "What it did: format conformance, severity match." in text
     assert "What it didn't: faithfulness." in text
+
+
+@pytest.mark.parametrize("kl, rule", [
+    ({"final": 2.0, "max": 6.0, "final_ci": [1.5, 2.6], "max_ci": [4.0, 8.0]}, ["KL spike"]),
+    # The same readings, but one sampled sequence a prompt leaves them too noisy to call a spike.
+    ({"final": 2.0, "max": 6.0, "final_ci": [0.8, 3.4], "max_ci": [2.5, 9.9]}, []),
+    ({"final": 14.0, "max": 15.0, "final_ci": [12.0, 16.0], "max_ci": [13.0, 17.0]}, ["beta too low: KL drift"]),
+    ({"final": 14.0, "max": 15.0, "final_ci": [6.0, 22.0], "max_ci": [7.0, 23.0]}, []),
+])
+def test_kl_rules_fire_only_when_the_ci_says_so(kl, rule):
+    assert run(train__kl=kl) == rule
+
+
+def test_length_exploitation_reads_the_length_controlled_win_rate():
+    won_by_length = {"win_rate": 0.6, "ci_low": 0.55, "ci_high": 0.65, "wins": 60, "losses": 20, "ties": 120,
+                     "lc_win_rate": 0.51, "lc_ci_low": 0.46, "lc_ci_high": 0.56}
+    assert run(ev__pairwise_dpo_vs_sft=won_by_length, ev__mean_tokens={"sft": 30.0, "dpo": 33.0}) == [
+        "length exploitation"]
+    # Much longer, yet the win survives length control: the judge is not rewarding length.
+    honest = dict(won_by_length, lc_win_rate=0.6, lc_ci_low=0.55)
+    assert run(ev__pairwise_dpo_vs_sft=honest, ev__mean_tokens={"sft": 30.0, "dpo": 45.0}) == []

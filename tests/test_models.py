@@ -74,13 +74,15 @@ def test_kl_of_a_fresh_adapter_is_zero_and_grows_when_it_changes(micro):
     prompts = [f"Pager alert. search is unreachable {i}." for i in range(8)]
     kw = dict(max_new_tokens=10, seed=0)
     assert sequence_kl(model, tok, prompts, **kw)["kl"] == pytest.approx(0.0, abs=1e-5)
+    torch.manual_seed(0)  # the move is the same whichever tests ran before
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.add_(0.05 * torch.randn_like(p))
+                p.add_(0.2 * torch.randn_like(p))
     state = torch.random.get_rng_state()
     moved = sequence_kl(model, tok, prompts, **kw)
     assert moved["kl"] > 0.01 and moved["kl_per_token"] > 0  # a KL estimate from samples of the policy
+    assert moved["kl_ci_low"] < moved["kl"] < moved["kl_ci_high"]  # with its noise over the 8 sequences
     assert torch.equal(torch.random.get_rng_state(), state)  # measuring leaves the caller's RNG alone
 
 

@@ -35,7 +35,8 @@ def main(params: Params) -> None:
     else:
         candidates = [(r["prompt"], [worst_sample + " " * i for i in range(k)])
                       for r in read_jsonl(params.task_files.prompts, required=("prompt",))]
-    prompts = [r["prompt"] for r in read_jsonl(params.task_files.eval_prompts, required=("prompt",))]
+    prompts = [r["prompt"] for r in read_jsonl(params.task_files.eval_prompts,
+                                                required=("prompt",))][:params.eval.max_prompts]
     rows: dict[str, Estimate] = {}
     if not params.preferences.generated:
         print(f"preferences.source is {params.preferences.source}: the judge stage judges nothing")
@@ -48,8 +49,9 @@ def main(params: Params) -> None:
     rows |= {
         "eval (faithfulness, 3 models)": judge.estimate("score", [(p, worst_eval + m) for m in "abc"
                                                                   for p in prompts]),
-        "eval (DPO vs SFT, both orders)": judge.estimate("pairwise", [(p, worst_eval, worst_eval + o)
-                                                                      for o in ("a", "b") for p in prompts]),
+        # DPO vs SFT, DPO vs base, SFT vs base (evaluation.schema.PAIRS), each in both orders
+        "eval (3 pairs of models, both orders)": judge.estimate("pairwise", [(p, worst_eval, worst_eval + o)
+                                                                             for o in "abcdef" for p in prompts]),
     }
     title = f"{cfg.model}, {cfg.mode} mode (upper bound)" if judge.remote else "offline: nothing is sent or paid"
     table = Table(title=f"Judge cost estimate: {judge.name} judge, {title}")

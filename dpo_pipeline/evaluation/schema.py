@@ -14,7 +14,17 @@ from dpo_pipeline.tasks import Task
 
 MODELS = ("base", "sft", "dpo")
 MODEL_LABELS = {"base": "Base", "sft": "SFT", "dpo": "SFT+DPO"}
-PAIRWISE = "pairwise_dpo_vs_sft"  # eval.json's pairwise entry: win_rate with its CI, DPO vs SFT
+# Every pair of models is judged in both orders, the first named as "A" (its outcome is the first's):
+# eval.json's entries, each a win rate with its CI and its length-controlled twin. DPO vs SFT is the verdict.
+PAIRS = {"pairwise_dpo_vs_sft": ("dpo", "sft"), "pairwise_dpo_vs_base": ("dpo", "base"),
+         "pairwise_sft_vs_base": ("sft", "base")}
+PAIRWISE = "pairwise_dpo_vs_sft"
+
+
+def pair_label(key: str) -> str:
+    """"SFT+DPO vs SFT"."""
+    first, second = PAIRS[key]
+    return f"{MODEL_LABELS[first]} vs {MODEL_LABELS[second]}"
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,25 @@ from __future__ import annotations
 import numpy as np
 
 from dpo_pipeline.errors import UserError
-from dpo_pipeline.evaluation.schema import FAITHFULNESS, MODELS, PAIRWISE, Metric
-from dpo_pipeline.evaluation.stats import bootstrap_ci, pairwise_summary
+from dpo_pipeline.evaluation.schema import FAITHFULNESS, MODELS, PAIRS, Metric
+from dpo_pipeline.evaluation.stats import OUTCOME, bootstrap_ci, length_controlled, pairwise_summary
 from dpo_pipeline.judging.base import Judged, Score
 from dpo_pipeline.tasks import Task
 
-OUTCOMES = {"A": "win", "B": "loss", "tie": "tie"}  # the verdict on (DPO, SFT), as DPO's outcome
+OUTCOMES = {"A": "win", "B": "loss", "tie": "tie"}  # the verdict on (first, second), as the first's outcome
+
+
+def pair_items(rows: list[dict], outputs: dict[str, list[dict]]) -> list[tuple[str, str, str]]:
+    """(prompt, first's text, second's text) for every pair of models (PAIRS order), one pair after another."""
+    return [(row["prompt"], outputs[a][i]["text"], outputs[b][i]["text"])
+            for a, b in PAIRS.values() for i, row in enumerate(rows)]
 
 
 def records(rows: list[dict], outputs: dict[str, list[dict]], scores: list[Score | None], judged: list[Judged],
             task: Task, metrics: list[Metric]) -> list[dict]:
-    """One record a prompt: each model's text, tokens, heuristic metrics and judge score, and the DPO vs SFT
-    verdict. `scores` holds the models' scores one model after another, in MODELS order."""
+    """One record a prompt: each model's text, tokens, heuristic metrics and judge score, and each pair's
+    verdict. `scores` holds the models' scores one model after another, in MODELS order; `judged` the pairs'
+    verdicts one pair after another, in PAIRS order (`pair_items`)."""
     declared = {m.source_field for m in metrics} - {"tokens", FAITHFULNESS.key}
     out = []
     for i, row in enumerate(rows):
@@ -31,9 +38,10 @@ def records(rows: list[dict], outputs: dict[str, list[dict]], scores: list[Score
                                 f"declares {sorted(declared)}")
             rec[name] = {"text": text, "tokens": outputs[name][i]["tokens"], **heuristics,
                          FAITHFULNESS.key: None if score is None else score.score}
-        verdict = judged[i].verdict
-        rec[PAIRWISE] = {"outcome": None if verdict is None else OUTCOMES[verdict.winner],
-                         "reason": verdict and verdict.reason}
+        for k, key in enumerate(PAIRS):
+            j = judged[k * len(rows) + i]
+            rec[key] = {"outcome": None if j.verdict is None else OUTCOMES[j.verdict.winner],
+                        "reason": j.verdict and j.verdict.reason, "consistent": j.consistent}
         out.append(rec)
     return out
 
@@ -59,6 +67,11 @@ def aggregate(recs: list[dict], metrics: list[Metric], bootstrap_samples: int, s
             f = m.source_field
             intervals[m.key]["delta_dpo_sft"] = ci95([r["dpo"][f] - r["sft"][f] for r in recs
                                                       if r["dpo"][f] is not None and r["sft"][f] is not None])
-    outcomes = [r[PAIRWISE]["outcome"] for r in recs if r[PAIRWISE]["outcome"]]
-    out[PAIRWISE] = pairwise_summary(outcomes, bootstrap_samples, seed)
+    for key, (a, b) in PAIRS.items():
+        judged = [r for r in recs if r[key]["outcome"]]
+        outcomes = [r[key]["outcome"] for r in judged]
+        out[key] = pairwise_summary(outcomes, bootstrap_samples, seed)
+        if judged:
+            out[key] |= length_controlled([OUTCOME[o] for o in outcomes],
+                                          [r[a]["tokens"] - r[b]["tokens"] for r in judged], bootstrap_samples, seed)
     return out, intervals

@@ -3,35 +3,39 @@ the callback that measures it during DPO training."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
+from dpo_pipeline.evaluation.stats import bootstrap_ci
 from dpo_pipeline.models.generation import chat_prompts
 
 @torch.no_grad()
 def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max_new_tokens: int, seed: int,
-                batch_size: int = 64) -> dict:
+                batch_size: int = 64, bootstrap_samples: int = 1000) -> dict:
     """Monte-Carlo KL(policy || reference) for a PEFT model whose reference is the model with its adapter
     disabled: sample y ~ policy(.|x) at temperature 1, sum log policy(y_t) - log reference(y_t) over y's tokens,
-    average over sequences ("kl"); "kl_per_token" divides by the tokens instead."""
+    average over sequences ("kl"); "kl_per_token" divides by the tokens instead. One sequence a prompt is a
+    noisy estimate: "kl_ci_low" / "kl_ci_high" bound it (95% bootstrap over the sampled sequences)."""
     was_training = model.training
     model.eval()
     tokenizer.padding_side = "left"
-    total, tokens = 0.0, 0
+    per_sequence, tokens = [], 0
     # Sampling reseeds torch; fork the RNG so a measurement during training leaves training's draws alone.
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
         for start in range(0, len(prompts), batch_size):
             torch.manual_seed(seed + start)
-            batch_total, batch_tokens = _log_ratio(model, tokenizer, prompts[start:start + batch_size],
-                                                   max_new_tokens)
-            total, tokens = total + batch_total, tokens + batch_tokens
+            batch_kl, batch_tokens = _log_ratio(model, tokenizer, prompts[start:start + batch_size], max_new_tokens)
+            per_sequence, tokens = per_sequence + batch_kl, tokens + batch_tokens
     model.train(was_training)
-    return {"kl": total / len(prompts), "kl_per_token": total / max(tokens, 1)}
+    total = float(np.sum(per_sequence))
+    low, high = bootstrap_ci(per_sequence, bootstrap_samples, seed)
+    return {"kl": total / len(prompts), "kl_per_token": total / max(tokens, 1), "kl_ci_low": low, "kl_ci_high": high}
 
 
 @torch.no_grad()
-def _log_ratio(model, tokenizer, prompts: list, max_new_tokens: int) -> tuple[float, int]:
-    """Sum over sampled responses of log policy - log reference, and the number of response tokens."""
+def _log_ratio(model, tokenizer, prompts: list, max_new_tokens: int) -> tuple[list[float], int]:
+    """Each sampled response's sum of log policy - log reference, and the number of response tokens."""
     texts = chat_prompts(tokenizer, prompts)
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     seqs = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens,
@@ -51,7 +55,7 @@ def _log_ratio(model, tokenizer, prompts: list, max_new_tokens: int) -> tuple[fl
     policy = logprobs()
     with model.disable_adapter():
         reference = logprobs()
-    return ((policy - reference) * response).sum().item(), int(response.sum().item())
+    return ((policy - reference) * response).sum(1).tolist(), int(response.sum().item())
 
 
 class KLMonitor(TrainerCallback):
@@ -68,11 +72,18 @@ class KLMonitor(TrainerCallback):
         self.history.append({"step": step, **kl})
         self.live.step = step
         self.live.log_metric("kl", kl["kl"])
+        # The band around the curve: one sampled sequence a prompt makes single readings noisy.
+        self.live.log_metric("kl_ci_low", kl["kl_ci_low"])
+        self.live.log_metric("kl_ci_high", kl["kl_ci_high"])
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
             self.measure(model, state.global_step)
 
     def summary(self) -> dict:
-        return {"final": round(self.history[-1]["kl"], 4), "max": round(max(h["kl"] for h in self.history), 4),
-                "final_per_token": round(self.history[-1]["kl_per_token"], 5), "prompts": len(self.prompts)}
+        """The last and the highest reading, each with its 95% CI (the diagnostics read these)."""
+        final, peak = self.history[-1], max(self.history, key=lambda h: h["kl"])
+        ci = lambda h: [round(h["kl_ci_low"], 4), round(h["kl_ci_high"], 4)]  # noqa: E731
+        return {"final": round(final["kl"], 4), "max": round(peak["kl"], 4),
+                "final_per_token": round(final["kl_per_token"], 5), "prompts": len(self.prompts),
+                "final_ci": ci(final), "max_ci": ci(peak), "max_step": peak["step"]}

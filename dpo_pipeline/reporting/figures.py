@@ -32,6 +32,10 @@ def curves(plots_dir: Path, out: Path) -> None:
         for name, label in series:
             if (plots_dir / name).exists():
                 ax.plot(*read_tsv(plots_dir / name), label=label, marker="." if "eval" in name else None)
+            low, high = plots_dir / name.replace(".tsv", "_ci_low.tsv"), plots_dir / name.replace(".tsv", "_ci_high.tsv")
+            if low.exists() and high.exists():  # a measured series' 95% CI, as a band
+                (steps, lows), (_, highs) = read_tsv(low), read_tsv(high)
+                ax.fill_between(steps, lows, highs, alpha=0.25, label="95% CI")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.legend(fontsize=8)

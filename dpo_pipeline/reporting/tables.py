@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dpo_pipeline.config import ReportParams
-from dpo_pipeline.evaluation.schema import FAITHFULNESS, MODEL_LABELS, MODELS, PAIRWISE, Metric
+from dpo_pipeline.evaluation.schema import FAITHFULNESS, MODEL_LABELS, MODELS, PAIRS, PAIRWISE, Metric, pair_label
 from dpo_pipeline.reporting.diagnostics import diagnose, healthy_evidence, reflection
 
 HEADER = ("Metric", "Base", "SFT", "SFT+DPO", "Δ DPO over SFT")
@@ -24,10 +24,27 @@ def table_rows(ev: dict, cis: dict, metrics: list[Metric]) -> list[list[str]]:
             delta += f" [{ci['delta_dpo_sft']['low']:+.2f}, {ci['delta_dpo_sft']['high']:+.2f}]"
         rows.append([m.label, *(cell(name) for name in MODELS), delta])
     pw = ev[PAIRWISE]
-    rows.append(["Preferred (judge pairwise, DPO vs SFT)", "-", "-",
-                 f"{pw['win_rate']:.1%} [{pw['ci_low']:.1%}, {pw['ci_high']:.1%}]",
+    rows.append(["Preferred (judge pairwise, DPO vs SFT)", "-", "-", rate(pw, "win_rate", "ci_low", "ci_high"),
                  f"{(pw['win_rate'] - 0.5) * 100:+.1f}pp"])
+    if "lc_win_rate" in pw:
+        rows.append(["Preferred, length-controlled (DPO vs SFT)", "-", "-",
+                     rate(pw, "lc_win_rate", "lc_ci_low", "lc_ci_high"), f"{(pw['lc_win_rate'] - 0.5) * 100:+.1f}pp"])
+    if "pairwise_sft_vs_base" in ev:  # did SFT beat base, and DPO too?
+        rows.append(["Preferred over Base (judge pairwise)", "-", rate(ev["pairwise_sft_vs_base"], "win_rate", "ci_low", "ci_high"),
+                     rate(ev["pairwise_dpo_vs_base"], "win_rate", "ci_low", "ci_high"), "-"])
     return rows
+
+
+def rate(pw: dict, value: str, low: str, high: str) -> str:
+    return f"{pw[value]:.1%} [{pw[low]:.1%}, {pw[high]:.1%}]"
+
+
+def pairwise_counts(ev: dict) -> list[str]:
+    """Each pair's verdict counts, and how the win rates are computed."""
+    lines = [f"Pairwise {pair_label(key)}, judged in both orders: {ev[key]['wins']} wins, {ev[key]['losses']} "
+             f"losses, {ev[key]['ties']} ties." for key in PAIRS if key in ev]
+    return lines + ["Win rate = (wins + ties/2) / n; length-controlled: a logistic model of the outcome on the "
+                    "length difference, predicted at equal lengths (AlpacaEval 2 style)."]
 
 
 def preference_data(judge: dict, generated: bool) -> str:
@@ -42,15 +59,13 @@ def preference_data(judge: dict, generated: bool) -> str:
 
 
 def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict], cfg: ReportParams,
-             metrics: list[Metric], generated: bool) -> str:
-    pw = ev[PAIRWISE]
+             metrics: list[Metric], generated: bool, seeds_line: str = "") -> str:
     lines = ["# Base vs SFT vs SFT+DPO", "",
-             f"{ev['n_prompts']} held-out prompts; 95% bootstrap CIs over prompts in brackets.", "",
+             f"{ev['n_prompts']} held-out prompts; 95% bootstrap CIs over prompts in brackets. {seeds_line}".strip(), "",
              "| " + " | ".join(HEADER) + " |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(ev, cis, metrics)]
     lines += ["", "![Base vs SFT vs SFT+DPO, 95% CIs](eval_bars.png)", "",
-              f"Pairwise DPO vs SFT, judged in both orders: {pw['wins']} wins, {pw['losses']} losses, "
-              f"{pw['ties']} ties; win rate = (wins + ties/2) / n.", "",
+              *pairwise_counts(ev), "",
               "## Preference data", "", preference_data(judge, generated), "",
               "## DPO training", "", "![Training curves](training_curves.png)", "",
               f"- Reward margin: {train['first_step']['rewards/margins']} at the first step (the reference is the "
@@ -59,8 +74,10 @@ def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict]
               f"- Validation ({train['pairs_eval']} held-out pairs): reward gap "
               f"{train['eval_first']['rewards/margins']} -> {train['eval_final']['rewards/margins']}, accuracy "
               f"{train['eval_final']['rewards/accuracies']}.",
-              f"- KL from the SFT reference: {train['kl']['final']} nats per sequence at the end (max "
-              f"{train['kl']['max']}); on the eval prompts KL(SFT+DPO || SFT) = {ev['kl_dpo_vs_sft']['kl']}.", "",
+              f"- KL from the SFT reference: {train['kl']['final']}{ci_text(train['kl'].get('final_ci'))} nats per "
+              f"sequence at the end (max {train['kl']['max']}{ci_text(train['kl'].get('max_ci'))}); on the eval prompts KL(SFT+DPO || SFT) = {ev['kl_dpo_vs_sft']['kl']}"
+              f"{kl_ci(ev['kl_dpo_vs_sft'])}. Brackets: 95% bootstrap CIs over the sampled sequences "
+              "(one a prompt); the curve's band is the same.", "",
               "## Diagnostics", ""]
     findings = diagnose(ev, cis, train, cfg, metrics)
     lines += [f"- **{f.rule}**: {f.evidence}. Try: {f.advice}." for f in findings] or [
@@ -74,6 +91,14 @@ def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict]
         lines.append("")
     lines += ["## What DPO did to my model, and what it didn't", "", *reflection(ev, cis, train, metrics), ""]
     return "\n".join(lines)
+
+
+def ci_text(ci: list | None) -> str:
+    return f" [{ci[0]}, {ci[1]}]" if ci else ""
+
+
+def kl_ci(kl: dict) -> str:
+    return f" [{kl['kl_ci_low']}, {kl['kl_ci_high']}]" if "kl_ci_low" in kl else ""
 
 
 def print_table(ev: dict, cis: dict, metrics: list[Metric]) -> None:

@@ -1,0 +1,86 @@
+"""Does DPO's gain over SFT hold across training seeds? One DVC experiment a training seed, then the verdict.
+
+    python -m tools.seeds 1 2          (`make seeds`: the workspace's run plus training seeds 1 and 2)
+    python -m tools.seeds --collect 1 2   (only read experiments already run)
+
+Queues `dvc exp run --queue -n seed-N -S train.seed=N` for each seed and runs the queue. `train.seed` is a
+param of the train stage only, so each experiment re-runs train, eval and report, while prepare, sft, sample
+and judge come from DVC's run cache: the preference data is shared. Then reads each run's per-prompt eval
+outputs from the DVC cache (the md5 in the experiment's dvc.lock) beside the workspace's own run (seed = the
+top-level `seed`) and writes `paths.seeds` (metrics/seeds.json) and reports/seeds.md
+(dpo_pipeline/evaluation/seeds.py says what each number is). The report stage then says how many seeds
+stand behind its verdict.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from dpo_pipeline import cli
+from dpo_pipeline.config import Params
+from dpo_pipeline.errors import UserError
+from dpo_pipeline.evaluation import seeds
+from dpo_pipeline.evaluation.schema import model_metrics
+from dpo_pipeline.files import read_jsonl, write_json, write_text
+from dpo_pipeline.tasks import get_task
+
+
+def sh(*cmd: str) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"{' '.join(cmd[:4])}: {(proc.stderr.strip().splitlines() or ['failed'])[-1]}")
+    return proc.stdout
+
+
+def run_experiments(train_seeds: list[int]) -> None:
+    for s in train_seeds:
+        subprocess.run(["dvc", "exp", "remove", f"seed-{s}"], capture_output=True)  # a rerun replaces it
+        sh("dvc", "exp", "run", "--queue", "-n", f"seed-{s}", "-S", f"train.seed={s}")
+    print(f"seeds: running {len(train_seeds)} queued experiments (train, eval, report each) ...", flush=True)
+    subprocess.run(["dvc", "exp", "run", "--run-all"], check=True)
+
+
+def outputs_of(name: str, eval_outputs: str) -> list[dict]:
+    """The experiment's per-prompt eval records, from the DVC cache by the md5 its dvc.lock records."""
+    refs = [r for r in sh("git", "for-each-ref", "--format=%(refname)", "refs/exps/").split() if r.endswith(f"/{name}")]
+    if not refs:
+        raise UserError(f"no DVC experiment named {name} (run python -m tools.seeds without --collect)")
+    lock = yaml.safe_load(sh("git", "show", f"{refs[0]}:dvc.lock"))
+    md5 = next(o["md5"] for o in lock["stages"]["eval"]["outs"] if o["path"] == eval_outputs)
+    cached = Path(sh("dvc", "cache", "dir").strip()) / "files" / "md5" / md5[:2] / md5[2:]
+    if not cached.exists():
+        raise UserError(f"{eval_outputs} of experiment {name} is not in the DVC cache ({cached}); dvc pull it")
+    return read_jsonl(cached, required=("id", "sft", "dpo"))
+
+
+def main(params: Params) -> None:
+    args = sys.argv[1:]
+    collect_only = "--collect" in args
+    train_seeds = [int(a) for a in args if a != "--collect"]
+    if not train_seeds or params.seed in train_seeds:
+        raise UserError(f"usage: python -m tools.seeds [--collect] SEED [SEED ...] (other than the workspace's "
+                        f"seed {params.seed}, which is always included)")
+    if params.train.seed is not None:
+        raise UserError(f"params.yaml: train.seed is {params.train.seed}; set it to null so the workspace's run "
+                        "is the top-level seed's")
+    if not collect_only:
+        run_experiments(train_seeds)
+    paths = params.paths
+    runs = {str(params.seed): read_jsonl(paths.eval_outputs, required=("id", "sft", "dpo"))}
+    runs |= {str(s): outputs_of(f"seed-{s}", paths.eval_outputs) for s in train_seeds}
+    metrics = model_metrics(get_task(params.task))
+    result = {"seeds": [params.seed, *train_seeds], "n_prompts": len(runs[str(params.seed)]),
+              "fingerprint": seeds.fingerprint(params.model_dump()),
+              "metrics": seeds.summarize(runs, metrics, params.eval.bootstrap_samples, params.seed)}
+    write_json(paths.seeds, result)
+    write_text(Path(paths.reports) / "seeds.md", seeds.markdown(result, metrics))
+    print(seeds.markdown(result, metrics))
+    print(f"seeds: {paths.seeds} and {Path(paths.reports) / 'seeds.md'}; `dvc repro` updates the report's verdict")
+
+
+if __name__ == "__main__":
+    cli.run(main)
