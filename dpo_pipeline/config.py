@@ -158,6 +158,7 @@ class Price(Section):
 class JudgeParams(Section):
     backend: Literal["rubric", "anthropic"]
     label_noise: float = Field(ge=0, le=1)  # share of verdicts flipped on purpose (a lesson, not a default)
+    reliability_repeats: int = Field(ge=0)  # items asked again for self-consistency; 0: none
     # The rest applies to the anthropic backend.
     model: str = Field(min_length=1)
     base_url: str | None  # null: ANTHROPIC_BASE_URL if set, else the SDK's default

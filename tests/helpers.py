@@ -20,7 +20,9 @@ the official ``anthropic`` SDK can talk to it over real HTTP, even with
 ``body["tool_choice"]["name"]``), or ``None`` for a plain-text ``end_turn`` reply.  ``faults`` is
 consumed one entry per ``POST /v1/messages`` (``"429"``, ``"529"``, ``"500"``, ``"slow"``,
 ``"invalid"``, ``"refusal"``) to exercise retries, timeouts and validation.  Every request is
-recorded in ``requests``; created batches live in ``batches``.
+recorded in ``requests``; created batches live in ``batches``.  ``position_bias="A"`` (or ``"B"``)
+makes a judge biased on purpose: every pairwise verdict names that position, whatever is in it
+(scores still come from ``answer``).
 """
 
 from __future__ import annotations
@@ -227,8 +229,9 @@ def _iso(t: float) -> str:
 
 
 class FakeAnthropic:
-    def __init__(self, answer, *, latency_s=0.0, slow_s=2.0, batch_polls=2):
+    def __init__(self, answer, *, latency_s=0.0, slow_s=2.0, batch_polls=2, position_bias=None):
         self.answer = answer
+        self.position_bias = position_bias
         self.latency_s = latency_s
         self.slow_s = slow_s
         self.batch_polls = batch_polls
@@ -283,6 +286,8 @@ class FakeAnthropic:
             content = [{"type": "tool_use", "id": f"toolu_{_hex()}", "name": tool, "input": {"winner": "C", "score": 9}}]
         else:
             tool_input = self.answer(body)
+            if self.position_bias and tool == "record_verdict":
+                tool_input = {"winner": self.position_bias, "reason": "the response in that position"}
             if tool_input is None:
                 content, stop = [{"type": "text", "text": "OK.", "citations": None}], "end_turn"
             else:

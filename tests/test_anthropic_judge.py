@@ -284,3 +284,5 @@ def test_the_dry_run_counts_one_call_per_candidate_beyond_two(tmp_path):
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if "judge (score 3 candidates, best vs worst)" in x)
     assert line.split("│")[2].strip() == "90"  # 30 prompts x 3 candidates
+    line = next(x for x in proc.stdout.splitlines() if "eval (judge reliability, asked again)" in x)
+    assert line.split("│")[2].strip() == "1"  # judge.reliability_repeats, but there is one eval prompt

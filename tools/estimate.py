@@ -4,8 +4,9 @@
 
 Needs no API key and sends nothing. For the judge stage it uses the sampled responses when they exist
 (and subtracts what the cache already holds), else the prompts with worst-case-length responses; for the
-eval stage, the held-out prompts with worst-case-length responses. Output tokens are counted at
-`judge.max_tokens`, so the USD figure is an upper estimate.
+eval stage, the held-out prompts with worst-case-length responses, and the `judge.reliability_repeats` of
+them asked again for self-consistency. Output tokens are counted at `judge.max_tokens`, so the USD figure
+is an upper estimate.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dpo_pipeline.config import Params
 from dpo_pipeline.files import read_jsonl, read_text
 from dpo_pipeline.judging.base import Estimate
 from dpo_pipeline.judging.registry import make_judge
+from dpo_pipeline.judging.reliability import repeat_sample
 from dpo_pipeline.tasks import get_task
 
 
@@ -53,6 +55,10 @@ def main(params: Params) -> None:
         "eval (3 pairs of models, both orders)": judge.estimate("pairwise", [(p, worst_eval, worst_eval + o)
                                                                              for o in "abcdef" for p in prompts]),
     }
+    if cfg.reliability_repeats:  # judge reliability: a seeded sample of eval's pairs asked again
+        again = repeat_sample(list(range(len(prompts))), cfg.reliability_repeats, params.seed)
+        rows["eval (judge reliability, asked again)"] = judge.estimate(
+            "pairwise", [(prompts[i], worst_eval, worst_eval + "a") for i in again], repeat=1)
     title = f"{cfg.model}, {cfg.mode} mode (upper bound)" if judge.remote else "offline: nothing is sent or paid"
     table = Table(title=f"Judge cost estimate: {judge.name} judge, {title}")
     for col in ("stage", "calls", "unique", "cached", "to send", "input tokens", "output tokens (max)", "USD"):

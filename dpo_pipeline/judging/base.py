@@ -5,8 +5,9 @@ tie), each with a reason, or None when the judge's answer was invalid (excluded,
 let a remote backend run requests concurrently; the offline rubric just loops. It also says, before
 anything is sent, what a batch would cost (`estimate`), and after, what was spent (`usage`).
 `pairwise_both_orders` asks every pair twice with the positions swapped and calls a disagreement a tie, so
-position bias cannot pick a winner. Backends are peers (rubric.py, claude.py), built only by registry.py:
-no caller names a backend.
+position bias cannot pick a winner. `repeat` asks the same items again as a separate judgment (its own
+cache entry), for self-consistency (reliability.py); a deterministic backend may ignore it. Backends are
+peers (rubric.py, claude.py), built only by registry.py: no caller names a backend.
 """
 
 from __future__ import annotations
@@ -78,12 +79,13 @@ class Judge(ABC):
         """(prompt, response) -> score, or None for an invalid answer."""
 
     @abstractmethod
-    def pairwise_all(self, items: list[tuple[str, str, str]]) -> list[Verdict | None]:
-        """(prompt, response A, response B) -> verdict, or None for an invalid answer."""
+    def pairwise_all(self, items: list[tuple[str, str, str]], repeat: int = 0) -> list[Verdict | None]:
+        """(prompt, response A, response B) -> verdict, or None for an invalid answer. `repeat` > 0: the
+        same question asked anew, never answered with repeat 0's (or another repeat's) judgment."""
 
     @abstractmethod
-    def estimate(self, kind: Literal["score", "pairwise"], items: list[tuple]) -> Estimate:
-        """What judging `items` would cost, sending nothing."""
+    def estimate(self, kind: Literal["score", "pairwise"], items: list[tuple], repeat: int = 0) -> Estimate:
+        """What judging `items` (as `repeat`) would cost, sending nothing."""
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Judged:
     verdict: Verdict | None
     consistent: bool
     picks: tuple[int, int] = (0, 1)  # the candidates the verdict's A and B are
+    first: Verdict | None = None     # the answer in the order given, before the swap (self-consistency)
 
 
 def pairwise_both_orders(judge: Judge, items: list[tuple[str, str, str]]) -> list[Judged]:
@@ -101,12 +104,12 @@ def pairwise_both_orders(judge: Judge, items: list[tuple[str, str, str]]) -> lis
     out = []
     for first, second in zip(answers[:len(items)], answers[len(items):]):
         if first is None or second is None:
-            out.append(Judged(None, False))
+            out.append(Judged(None, False, first=first))
             continue
         swapped = {"A": "B", "B": "A", "tie": "tie"}[second.winner]
         if first.winner == swapped:
-            out.append(Judged(first, True))
+            out.append(Judged(first, True, first=first))
         else:
             out.append(Judged(Verdict(winner="tie", reason=f"position-inconsistent: {first.winner} then "
-                                                            f"{swapped}"), False))
+                                                            f"{swapped}"), False, first=first))
     return out

@@ -1,9 +1,10 @@
 """The judge's call-level cache and log, in SQLite, outside DVC's outputs so DVC never deletes it.
 
 A judgment is keyed by the content of its request (backend, model, prompt template version, policy, prompt,
-responses and their order, decoding params): a re-run, a crash, a changed unrelated param or a queued
-`dvc exp` never pays for the same judgment twice. Every request sent is logged with tokens, latency and cost.
-Message batches are recorded as soon as they are submitted, so an interrupted run resumes them by id.
+responses and their order, decoding params) and, for a question asked again on purpose, its repeat index:
+a re-run, a crash, a changed unrelated param or a queued `dvc exp` never pays for the same judgment twice.
+Every request sent is logged with tokens, latency and cost. Message batches are recorded as soon as they
+are submitted, so an interrupted run resumes them by id.
 The API key is never part of a request body, so it never reaches this file.
 """
 
@@ -27,9 +28,13 @@ SCHEMA = [
 ]
 
 
-def request_key(backend: str, template_version: str, body: dict) -> str:
-    canonical = json.dumps({"backend": backend, "template": template_version, "request": body},
-                           sort_keys=True, ensure_ascii=False)
+def request_key(backend: str, template_version: str, body: dict, repeat: int = 0) -> str:
+    """`repeat` > 0 keys the same request asked again (self-consistency): its own entry, not the first
+    answer. It is not in the body, so the API sees the identical request; repeat 0 adds nothing, so
+    the keys of everything cached before repeats existed are unchanged."""
+    request = {"backend": backend, "template": template_version, "request": body}
+    canonical = json.dumps({**request, "repeat": repeat} if repeat else request, sort_keys=True,
+                           ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

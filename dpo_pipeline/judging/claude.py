@@ -8,6 +8,9 @@
   5xx and timeouts with backoff, honouring retry-after, up to `judge.max_retries`; a request that still
   fails stops the stage with one line, after the requests in flight finish and are cached.
 - Every judgment is cached in SQLite by request content (judging/cache.py) and every request logged.
+  A repeat (`pairwise_all(items, repeat=1)`, self-consistency) sends the identical request again under its
+  own cache key: a real second sample (Opus 4.7 samples at its default temperature; with `temperature: 0`
+  a repeat measures what nondeterminism is left), paid once, and never answered from the first's entry.
 - `judge.max_cost_usd` stops before a request could take the run's spend past it.
 - `judge.mode: batch` sends uncached requests through the Message Batches API (half price), resumes a batch
   an interrupted run submitted, and folds results into the cache.
@@ -149,11 +152,11 @@ class AnthropicJudge(Judge):
     def score_all(self, items: list[tuple[str, str]]) -> list[Score | None]:
         return [None if a is None else Score(**a) for a in self.run("score", items)]
 
-    def pairwise_all(self, items: list[tuple[str, str, str]]) -> list[Verdict | None]:
-        return [None if a is None else Verdict(**a) for a in self.run("pairwise", items)]
+    def pairwise_all(self, items: list[tuple[str, str, str]], repeat: int = 0) -> list[Verdict | None]:
+        return [None if a is None else Verdict(**a) for a in self.run("pairwise", items, repeat)]
 
-    def estimate(self, kind: str, items: list[tuple]) -> Estimate:
-        bodies, keys = self.requests(kind, items)
+    def estimate(self, kind: str, items: list[tuple], repeat: int = 0) -> Estimate:
+        bodies, keys = self.requests(kind, items, repeat)
         unique = dict(zip(keys, bodies))  # identical requests (two identical responses) are sent once
         todo = {k: b for k, b in unique.items() if self.cache.get(k) is None}
         tokens_in = sum(self._tokens(b)[0] for b in todo.values())
@@ -162,12 +165,12 @@ class AnthropicJudge(Judge):
                         input_tokens=tokens_in, output_tokens=tokens_out,
                         usd=self.cost(tokens_in, tokens_out, batch=self.cfg.mode == "batch"))
 
-    def requests(self, kind: str, items: list[tuple]) -> tuple[list[dict], list[str]]:
+    def requests(self, kind: str, items: list[tuple], repeat: int = 0) -> tuple[list[dict], list[str]]:
         bodies = [self.body(kind, item) for item in items]
-        return bodies, [request_key(self.name, TEMPLATE_VERSION, b) for b in bodies]
+        return bodies, [request_key(self.name, TEMPLATE_VERSION, b, repeat) for b in bodies]
 
-    def run(self, kind: str, items: list[tuple]) -> list[dict | None]:
-        bodies, keys = self.requests(kind, items)
+    def run(self, kind: str, items: list[tuple], repeat: int = 0) -> list[dict | None]:
+        bodies, keys = self.requests(kind, items, repeat)
         todo = {k: b for k, b in zip(keys, bodies) if self.cache.get(k) is None}  # identical requests once
         self.usage.cache_hits += len(set(keys)) - len(todo)
         if todo:

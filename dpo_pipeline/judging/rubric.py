@@ -8,7 +8,8 @@ from dpo_pipeline.tasks import Task
 
 class RubricJudge(Judge):
     """Applies the task's written policy and schema to the prompt and responses; never sees a label.
-    Deterministic and free: nothing is sent, nothing is cached."""
+    Deterministic and free: nothing is sent, nothing is cached, and a repeat is the same answer (its
+    self-consistency is 1 by construction)."""
 
     name = "rubric"
     remote = False
@@ -32,9 +33,9 @@ class RubricJudge(Judge):
         self.usage.answers += len(items)
         return [self.score(*item) for item in items]
 
-    def pairwise_all(self, items: list[tuple[str, str, str]]) -> list[Verdict | None]:
+    def pairwise_all(self, items: list[tuple[str, str, str]], repeat: int = 0) -> list[Verdict | None]:
         self.usage.answers += len(items)
         return [self.pairwise(*item) for item in items]
 
-    def estimate(self, kind: str, items: list[tuple]) -> Estimate:
+    def estimate(self, kind: str, items: list[tuple], repeat: int = 0) -> Estimate:
         return Estimate(calls=len(items), unique=len(set(items)), cached=0, to_send=0)

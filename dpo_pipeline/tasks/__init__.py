@@ -39,8 +39,17 @@ class Task(Protocol):
     def pretrain_text(self, prompt: str, response: str) -> str:
         """How one SFT example reads as raw text, for training the builtin base model from scratch."""
 
+    # Optional: `correct(prompt, response) -> bool | None`, whether the response is right by the ground truth
+    # the data was generated from (never shown to a judge); None: not decidable for this response. A task
+    # without it has no ground truth, and the judge's agreement with one is reported as None (ground_truth).
+
 
 REQUIRED = ("NAME", "METRICS", "generate", "rubric_score", "response_metrics", "pretrain_text")
+
+
+def ground_truth(task: Task) -> Callable[[str, str], bool | None] | None:
+    """The task's optional `correct` hook, or None when it has no ground truth."""
+    return getattr(task, "correct", None)
 
 
 def get_task(cfg: TaskParams) -> Task:

@@ -210,6 +210,13 @@ def response_metrics(prompt: str, response: str) -> dict[str, float]:
     }
 
 
+def correct(prompt: str, response: str) -> bool:
+    """The ground truth (the Task's optional hook): the response's severity is the policy's severity of the
+    incident the report was generated from (severity_match). Format is the rubric's business, not the
+    label's."""
+    return bool(response_metrics(prompt, response)["severity_match"])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The deterministic data generator, with the flaws a real annotation team leaves
 

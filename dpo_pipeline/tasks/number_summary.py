@@ -5,6 +5,9 @@ Prompt: four short sentences of news from a site or team (2-4 numbers in them), 
 `Leeds depot: output up 12% to 340 units; headcount 45 after 3 hires.`
 The written policy (data/number_summary/policy.md) is the ground truth. Everything a judge checks (the word
 limit, the source's numbers, the subject) is read from the prompt text, so it never needs a hidden label.
+It has no `correct` hook (tasks/__init__.py): a summary has no single right answer, and "every number
+kept" is a necessary check, not a label (a summary keeping every number may still break the limit), so a
+judge's agreement with ground truth is reported as None here rather than measured against a stand-in.
 
 Regenerate the shipped data (deterministic; the test suite checks the files match):
     python -m tools.make_data        (with `task: number_summary` in params.yaml)
