@@ -34,13 +34,19 @@ def run(main: Callable[..., None], needs_params: bool = True) -> None:
     try:
         main(load_params()) if needs_params else main()
         if os.environ.get(STAGE_LOG):
-            log_stage(os.environ[STAGE_LOG], main.__module__.rsplit(".", 1)[-1])
+            log_stage(os.environ[STAGE_LOG], module_of(main).rsplit(".", 1)[-1])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except ServiceError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def module_of(main: Callable) -> str:
+    """"stages.train" also when it runs as `python -m stages.train` (where main's module is "__main__")."""
+    spec = getattr(sys.modules.get(main.__module__), "__spec__", None)
+    return spec.name if spec is not None else main.__module__
 
 
 def log_stage(path: str, stage: str) -> None:

@@ -6,7 +6,8 @@ All three models decode with the same params and seeds. Metrics (metrics/eval.js
 the task's rates, the judge's faithfulness and the mean length per model (as
 dpo_pipeline/evaluation/schema.py declares them) ({metric: {base, sft, dpo}}), KL(SFT+DPO || SFT)
 on the eval prompts, and pairwise preference for every pair of models (DPO vs SFT, DPO vs base, SFT vs
-base) judged in both orders, raw and length-controlled, each with a 95% bootstrap CI over prompts. The per-model 95% CIs go to `paths.eval_ci`; per-prompt outputs, scores and
+base) judged in both orders, raw and length-controlled, each with a 95% bootstrap CI over prompts; the
+judge's reliability on those verdicts (dpo_pipeline/judging/reliability.py). The per-model 95% CIs go to `paths.eval_ci`; per-prompt outputs, scores and
 verdicts to `paths.eval_outputs`.
 """
 
@@ -21,7 +22,8 @@ from dpo_pipeline.evaluation.schema import MODELS, PAIRWISE, model_metrics
 from dpo_pipeline.evaluation.scoring import aggregate, pair_items, records
 from dpo_pipeline.files import read_jsonl, read_text, write_json, write_jsonl
 from dpo_pipeline.judging.base import pairwise_both_orders
-from dpo_pipeline.judging.registry import make_judge
+from dpo_pipeline.judging.registry import make_judge, reference_judge
+from dpo_pipeline.judging.reliability import reliability
 from dpo_pipeline.tasks import get_task
 
 
@@ -68,7 +70,11 @@ def main(params: Params) -> None:
 
     # --- score each response; judge each pair of models in both orders (invalid judge answers are excluded)
     scores = judge.score_all([(row["prompt"], outputs[m][i]["text"]) for m in MODELS for i, row in enumerate(rows)])
-    judged = pairwise_both_orders(judge, pair_items(rows, outputs))
+    items = pair_items(rows, outputs)
+    judged = pairwise_both_orders(judge, items)
+    # How far those verdicts can be trusted: position flips, repeats, ground truth, agreement with the rubric
+    trust = reliability(judge, items, judged, repeats=params.judge.reliability_repeats, seed=params.seed, task=task,
+                        reference=reference_judge(task))
     schema = model_metrics(task)
     recs = records(rows, outputs, scores, judged, task, schema)
 
@@ -79,6 +85,7 @@ def main(params: Params) -> None:
     metrics["n_prompts"] = len(recs)
     metrics["dropped_too_long"] = n_read - len(recs)  # prompts that left no room for max_new_tokens
     metrics["judge"] = {"backend": judge.name, **judge.usage.as_metrics()}
+    metrics["judge_reliability"] = trust
     metrics["machine"] = machine()  # the same params give the same numbers on this kind of machine only
     write_jsonl(paths.eval_outputs, recs)
     write_json(paths.eval_ci, intervals)

@@ -64,8 +64,8 @@ def main(params: Params) -> None:
         "candidates": len(samples[0]["responses"]),
         "calls": judge.usage.answers,
         # Only pairs are asked in both orders; best-vs-worst scores each candidate on its own.
-        "position_consistency": round(counts["position_consistent"] / n, 4) if len(samples[0]["responses"]) == 2
-        else None,
+        "position_consistency": round(counts["position_consistent"] / max(counts["asked"], 1), 4)
+        if len(samples[0]["responses"]) == 2 else None,
         "chosen_by_temperature": {k.removeprefix("chosen_at_T"): v for k, v in sorted(counts.items())
                                   if k.startswith("chosen_at_T")},
         "usage": judge.usage.as_metrics(),

@@ -57,7 +57,8 @@ def judge_with(cfg) -> AnthropicJudge:
 
 
 def unique_requests(rows) -> int:
-    return len({(r["prompt"], *(x["text"] for x in r["responses"])) for r in rows}) * 2 - sum(
+    """Both orders of every distinct pair; two identical responses are a tie and never sent."""
+    return len({(r["prompt"], *(x["text"] for x in r["responses"])) for r in rows}) * 2 - 2 * sum(
         r["responses"][0]["text"] == r["responses"][1]["text"] for r in rows)
 
 
@@ -77,7 +78,9 @@ def test_claude_judge_gives_the_rubric_preferences(tmp_path, rubric_pairs):
         assert "temperature" not in body and body["tool_choice"]["type"] == "tool"  # Opus 4.7 rejects it
         assert "Incident severity policy" in body["system"]
         assert fake.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
-    assert judge.usage.answers == 2 * len(samples()) and judge.usage.cost_usd > 0
+    identical = sum(r["responses"][0]["text"] == r["responses"][1]["text"] for r in samples())
+    assert judge.usage.identical_skipped == identical == 4  # a tie without a request: nothing to pay for
+    assert judge.usage.answers == 2 * (len(samples()) - identical) and judge.usage.cost_usd > 0
 
 
 def test_temperature_is_sent_when_set_for_older_models(tmp_path):

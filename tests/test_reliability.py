@@ -71,7 +71,9 @@ def test_an_order_free_judge_never_flips_and_is_scored_against_the_truth():
     judge = Scripted(longer)
     judged = pairwise_both_orders(judge, ITEMS)
     m = reliability(judge, ITEMS, judged, repeats=0, seed=0, task=RIGHT)
-    assert m["position_flip_rate"] == 0.0 and m["n"] == m["n_valid"] == 5
+    # p2's two responses are identical: a tie by rule, never asked, left out of the judge's reliability
+    assert m["position_flip_rate"] == 0.0 and m["n"] == m["n_valid"] == 4 and judge.usage.identical_skipped == 1
+    assert ("p2", "right", "right") not in judge.calls[0][0] and len(judge.calls[0][0]) == 8
     # Exactly one right in p0, p1, p4; "longer" picks the right one in p0 and p4, the wrong one in p1.
     assert m["truth_n"] == 3 and m["truth_agreement"] == pytest.approx(2 / 3, abs=1e-4)
     assert m["self_consistency"] is None and m["repeats"] == 0 and len(judge.calls) == 1  # nothing asked again
@@ -83,8 +85,8 @@ def test_a_position_biased_judge_flips_everywhere_and_scores_chance_against_the_
     m = reliability(judge, ITEMS, judged, repeats=0, seed=0, task=RIGHT, reference=Scripted(longer, "ref"))
     assert m["position_flip_rate"] == 1.0
     assert m["truth_agreement"] == 0.5  # every verdict became a tie: half credit each
-    # Its verdicts are all ties; the reference ties only on p2 and p3.
-    assert m["reference_agreement"] == 0.4 and m["reference_backend"] == "ref"
+    # Its verdicts are all ties; of the four items asked (not p2) the reference ties only on p3.
+    assert m["reference_agreement"] == 0.25 and m["reference_backend"] == "ref"
 
 
 def test_flip_rate_counts_only_items_answered_validly_in_both_orders():

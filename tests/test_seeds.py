@@ -56,3 +56,14 @@ def test_the_report_line_says_how_many_seeds_and_refuses_a_stale_result(root):
     assert "above 50% in every seed" in verdict_line(result, now)
     assert "measured with other params" in verdict_line(result, "other")
     assert verdict_line(None, now).startswith("One training seed")
+
+
+def test_gate_bands_are_three_sd_of_the_dpo_value_across_seeds():
+    from dpo_pipeline.evaluation.seeds import gate_bands
+
+    runs = {"0": run(0, 0.8, 0.7), "1": run(1, 0.6, 0.7), "2": run(2, 0.7, 0.7)}
+    result = {"metrics": summarize(runs, METRICS, 200, 0)}
+    sev = [np.mean([r["dpo"]["severity_match"] for r in recs]) for recs in runs.values()]
+    bands = gate_bands(result, METRICS)
+    assert bands["rate_band"] >= round(3 * np.std(sev, ddof=1), 3) > 0.2  # seed 1 learnt far less
+    assert bands["score_band"] == 0.0  # faithfulness is 4 in every record

@@ -79,6 +79,9 @@ def main(params: Params) -> None:
     write_json(paths.seeds, result)
     write_text(Path(paths.reports) / "seeds.md", seeds.markdown(result, metrics))
     print(seeds.markdown(result, metrics))
+    bands = seeds.gate_bands(result, metrics)
+    print(f"seeds: 3 sd across seeds of SFT+DPO's values: rates {bands['rate_band']}, scores {bands['score_band']} "
+          f"(params.yaml gate: rate_band {params.gate.rate_band}, score_band {params.gate.score_band})")
     print(f"seeds: {paths.seeds} and {Path(paths.reports) / 'seeds.md'}; `dvc repro` updates the report's verdict")
 
 

@@ -69,3 +69,13 @@ def model_metrics(task: Task) -> list[Metric]:
 def headline(metrics: list[Metric]) -> list[Metric]:
     """The metrics a change is judged by (gate, diagnostics, sweep, PR comment): those with a direction."""
     return [m for m in metrics if m.higher_is_better is not None]
+
+
+# The judge's reliability rates in eval.json's `judge_reliability` (dpo_pipeline/judging/reliability.py computes
+# them): label, and whether higher is better. All are shares in [0, 1] of the judge's own answers.
+RELIABILITY = {
+    "position_flip_rate": ("Position flip rate", False),
+    "self_consistency": ("Self-consistency", True),
+    "truth_agreement": ("Agreement with ground truth", True),
+    "reference_agreement": ("Agreement with the rubric", True),
+}

@@ -61,7 +61,14 @@ def summarize(runs: dict[str, list[dict]], metrics: list[Metric], samples: int, 
         values = {label: float(np.mean(list(g.values()))) for label, g in per_seed.items()}
         cis = {label: bootstrap_ci(list(g.values()), samples, seed) for label, g in per_seed.items()}
         sign = 1 if metric is None or metric.higher_is_better else -1
+        # SFT+DPO's own value in each seed (base and SFT do not depend on the training seed): its spread is
+        # what the regression gate's bands must allow
+        dpo = [float(np.mean([(OUTCOME[r[PAIRWISE]["outcome"]] if metric is None else r["dpo"][metric.source_field])
+                              for r in recs if (r[PAIRWISE]["outcome"] if metric is None
+                                                else r["dpo"][metric.source_field]) is not None]))
+               for recs in runs.values()]
         out[key] = {
+            "dpo_sd": round(float(np.std(dpo, ddof=1)), 4) if len(dpo) > 1 else 0.0,
             "per_seed": {k: round(v, 4) for k, v in values.items()},
             "per_seed_ci": {k: [round(lo, 4), round(hi, 4)] for k, (lo, hi) in cis.items()},
             "mean": round(float(np.mean(list(values.values()))), 4),
@@ -105,3 +112,12 @@ def verdict_line(result: dict | None, current_fingerprint: str) -> str:
             f"verdict (reports/seeds.md): pairwise win rate DPO vs SFT {pw['mean'] + 0.5:.1%} on average, pooled "
             f"95% CI [{pw['pooled_ci'][0] + 0.5:.1%}, {pw['pooled_ci'][1] + 0.5:.1%}], sd across seeds "
             f"{pw['sd']:.1%}; {'above 50% in every seed' if pw['every_seed'] else 'not above 50% in every seed'}.")
+
+
+def gate_bands(result: dict, metrics: list[Metric]) -> dict:
+    """The regression gate's bands from the measured spread: 3 sd across training seeds of SFT+DPO's value,
+    the widest over the rates (and the pairwise win rate) and over the 1-5 scores."""
+    kinds = {m.key: m.kind for m in metrics}
+    rates = [m["dpo_sd"] for k, m in result["metrics"].items() if kinds.get(k, "rate") == "rate"]
+    scores = [m["dpo_sd"] for k, m in result["metrics"].items() if kinds.get(k) == "score"]
+    return {"rate_band": round(3 * max(rates, default=0.0), 3), "score_band": round(3 * max(scores, default=0.0), 3)}

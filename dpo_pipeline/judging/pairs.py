@@ -37,7 +37,8 @@ def build_pairs(samples: list[dict], judge: Judge) -> tuple[list[dict], list[Jud
         judged = pairwise_both_orders(judge, items)
     pairs, counts = [], Counter()
     for row, j in zip(samples, judged):
-        counts["position_consistent"] += j.consistent
+        counts["position_consistent"] += j.consistent and j.asked  # identical responses were never asked
+        counts["asked"] += j.asked
         if j.verdict is None:
             counts["invalid"] += 1
             continue

@@ -35,20 +35,14 @@ from dpo_pipeline.tasks import Task, ground_truth
 
 Item = tuple[str, str, str]  # (prompt, response a, response b)
 
-# What each rate is, declared once for the report: its label and whether higher is better. All are shares
-# in [0, 1] of the judge's own answers.
-RATES = {
-    "position_flip_rate": ("Position flip rate", False),
-    "self_consistency": ("Self-consistency", True),
-    "truth_agreement": ("Agreement with ground truth", True),
-    "reference_agreement": ("Agreement with the rubric", True),
-}
-
 
 def reliability(judge: Judge, items: list[Item], judged: list[Judged], *, repeats: int, seed: int,
                 task: Task, reference: Judge | None = None) -> dict:
     """The judge's reliability on `items`, which `judged` (pairwise_both_orders) holds in order. Sends only
     the `repeats` requests (and runs `reference` on the items); the keys are listed in the module docstring."""
+    # Two identical responses were never asked (a tie by rule): they say nothing about the judge.
+    kept = [i for i, j in enumerate(judged) if j.asked]
+    items, judged = [items[i] for i in kept], [judged[i] for i in kept]
     valid = [j for j in judged if j.verdict is not None]
     return {
         "backend": judge.name,

@@ -7,7 +7,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dpo_pipeline.config import ReportParams
-from dpo_pipeline.evaluation.schema import FAITHFULNESS, MODEL_LABELS, MODELS, PAIRS, PAIRWISE, Metric, pair_label
+from dpo_pipeline.evaluation.schema import (FAITHFULNESS, MODEL_LABELS, MODELS, PAIRS, PAIRWISE, RELIABILITY, Metric,
+                                            pair_label)
 from dpo_pipeline.reporting.diagnostics import diagnose, healthy_evidence, reflection
 
 HEADER = ("Metric", "Base", "SFT", "SFT+DPO", "Δ DPO over SFT")
@@ -47,6 +48,21 @@ def pairwise_counts(ev: dict) -> list[str]:
                     "length difference, predicted at equal lengths (AlpacaEval 2 style)."]
 
 
+def judge_reliability(trust: dict | None) -> list[str]:
+    """The eval judge's reliability rates (dpo_pipeline/judging/reliability.py defines each)."""
+    if not trust:
+        return ["Not measured in this run."]
+    lines = [f"The `{trust['backend']}` judge on the {trust['n']} pairwise items of the eval ({trust['n_valid']} "
+             "answered validly in both orders):", ""]
+    for key, (label, _) in RELIABILITY.items():
+        value = trust.get(key)
+        why = {"self_consistency": f"{trust.get('repeats')} items asked again",
+               "truth_agreement": f"{trust.get('truth_n')} items with exactly one correct response",
+               "reference_agreement": f"against `{trust.get('reference_backend')}`"}.get(key, "lower is better")
+        lines.append(f"- {label}: " + ("not measured" if value is None else f"{value:.1%} ({why})"))
+    return lines
+
+
 def preference_data(judge: dict, generated: bool) -> str:
     if not generated:
         return (f"{judge['pairs']} pairs from `{judge['source']}` ({judge['format']} rows, "
@@ -78,6 +94,7 @@ def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict]
               f"sequence at the end (max {train['kl']['max']}{ci_text(train['kl'].get('max_ci'))}); on the eval prompts KL(SFT+DPO || SFT) = {ev['kl_dpo_vs_sft']['kl']}"
               f"{kl_ci(ev['kl_dpo_vs_sft'])}. Brackets: 95% bootstrap CIs over the sampled sequences "
               "(one a prompt); the curve's band is the same.", "",
+              "## Judge reliability", "", *judge_reliability(ev.get("judge_reliability")), "",
               "## Diagnostics", ""]
     findings = diagnose(ev, cis, train, cfg, metrics)
     lines += [f"- **{f.rule}**: {f.evidence}. Try: {f.advice}." for f in findings] or [
