@@ -1,7 +1,7 @@
 """Does DPO's gain over SFT hold across training seeds? One DVC experiment a training seed, then the verdict.
 
     python -m tools.seeds 1 2          (`make seeds`: the workspace's run plus training seeds 1 and 2)
-    python -m tools.seeds --collect 1 2   (only read experiments already run)
+    python -m tools.seeds --collect 1 2   (only read experiments already run; --collect alone: the workspace's run)
 
 Queues `dvc exp run --queue -n seed-N -S train.seed=N` for each seed and runs the queue. `train.seed` is a
 param of the train stage only, so each experiment re-runs train, eval and report, while prepare, sft, sample
@@ -61,7 +61,7 @@ def main(params: Params) -> None:
     args = sys.argv[1:]
     collect_only = "--collect" in args
     train_seeds = [int(a) for a in args if a != "--collect"]
-    if not train_seeds or params.seed in train_seeds:
+    if (not train_seeds and not collect_only) or params.seed in train_seeds:
         raise UserError(f"usage: python -m tools.seeds [--collect] SEED [SEED ...] (other than the workspace's "
                         f"seed {params.seed}, which is always included)")
     if params.train.seed is not None:
