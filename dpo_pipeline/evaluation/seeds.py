@@ -108,7 +108,9 @@ def verdict_line(result: dict | None, current_fingerprint: str) -> str:
         return (f"One training seed stands behind this verdict: the {len(result['seeds'])}-seed result in "
                 "metrics/seeds.json was measured with other params (run `make seeds` again).")
     pw = result["metrics"][PAIRWISE]
-    return (f"{len(result['seeds'])} training seeds ({', '.join(map(str, result['seeds']))}) stand behind this "
+    n = len(result["seeds"])
+    return (f"{n} training seed{'s' if n > 1 else ''} ({', '.join(map(str, result['seeds']))}) "
+            f"stand{'' if n > 1 else 's'} behind this "
             f"verdict (reports/seeds.md): pairwise win rate DPO vs SFT {pw['mean'] + 0.5:.1%} on average, pooled "
             f"95% CI [{pw['pooled_ci'][0] + 0.5:.1%}, {pw['pooled_ci'][1] + 0.5:.1%}], sd across seeds "
             f"{pw['sd']:.1%}; {'above 50% in every seed' if pw['every_seed'] else 'not above 50% in every seed'}.")
