@@ -21,10 +21,10 @@ the official ``anthropic`` SDK can talk to it over real HTTP, even with
 consumed one entry per ``POST /v1/messages`` (``"429"``, ``"529"``, ``"500"``, ``"slow"``,
 ``"invalid"``, ``"refusal"``) to exercise retries, timeouts and validation.  Every request is
 recorded in ``requests``, with the server's ``time.monotonic()`` on arrival; created batches live in
-``batches``.  ``hold_batches_after = n`` holds every batch creation after the n-th: recorded, never
-created, never answered (a client killed while it waits has created exactly n).  ``position_bias="A"`` (or ``"B"``)
-makes a judge biased on purpose: every pairwise verdict names that position, whatever is in it
-(scores still come from ``answer``).
+``batches``.  ``hold_batches_after = n`` holds every batch creation after the n-th until
+``release()``: recorded, never created, never answered (a client killed while it waits has created
+exactly n).  ``position_bias="A"`` (or ``"B"``) makes a judge biased on purpose: every pairwise verdict
+names that position, whatever is in it (scores still come from ``answer``).
 """
 
 from __future__ import annotations
@@ -275,6 +275,11 @@ class FakeAnthropic:
     def message_count(self) -> int:
         with self._lock:
             return sum(1 for r in self.requests if r["method"] == "POST" and r["path"] == "/v1/messages")
+
+    def release(self) -> None:
+        """Stop holding batch creations; a held one ends without an answer (the SDK retries it)."""
+        self.hold_batches_after = None
+        self._release.set()
 
     @property
     def batch_creations(self) -> int:
