@@ -3,6 +3,7 @@ limits held client-side, all through the real SDK against the local Messages + M
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -201,12 +202,28 @@ def test_a_run_killed_after_two_of_five_batches_polls_them_and_creates_only_the_
 # --- rate limits held client-side ------------------------------------------------------------------------------
 
 
-def test_the_limiter_books_the_slower_of_its_two_limits():
-    now = [0.0]
-    limiter = RateLimiter(120, 6000, clock=lambda: now[0])  # 2 requests a second; 100 input tokens a second
-    assert [limiter.reserve(50) for _ in range(4)] == [0.0, 0.5, 1.0, 1.5]
-    now[0] = 10.0  # idle: no burst saved up, the next one goes at once and the one after waits its turn
-    assert [limiter.reserve(300), limiter.reserve(10), limiter.reserve(10)] == [10.0, 13.0, 13.5]
+def test_the_limiter_books_the_slower_of_its_two_limits_from_when_each_request_passes():
+    now, late = [0.0], [0.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds + late[0]
+
+    async def passes(*tokens: int) -> list[float]:
+        out = []
+        for n in tokens:
+            await limiter.wait(n)
+            out.append(now[0])
+        return out
+
+    async def scenario() -> list[list[float]]:
+        first = await passes(50, 50, 50, 50)  # 50 tokens take 0.5 s to earn, as long as the request gap
+        now[0] = 10.0  # idle: no burst saved up, the next goes at once and the one after waits its turn
+        second = await passes(300, 10, 10)  # 300 tokens hold the next back 3 s
+        late[0] = 0.2  # a busy CPU wakes each sleeper 0.2 s late: the next is booked from then, not bunched
+        return [first, second, await passes(10, 10, 10)]
+
+    limiter = RateLimiter(120, 6000, clock=lambda: now[0], sleep=sleep)  # 2 requests, 100 input tokens a second
+    assert asyncio.run(scenario()) == [[0.0, 0.5, 1.0, 1.5], [10.0, 13.0, 13.5], pytest.approx([14.2, 14.9, 15.6])]
     assert not RateLimiter(None, None).limited
 
 

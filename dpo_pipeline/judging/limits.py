@@ -51,34 +51,33 @@ def split_batches(requests: dict[str, dict], max_requests: int = BATCH_MAX_REQUE
 class RateLimiter:
     """`requests_per_minute` and `input_tokens_per_minute` held client-side; None: no limit.
 
-    Each request books its share of both limits when it is let through (virtual scheduling, the generic cell
-    rate algorithm): the next one starts no sooner than 60 / rpm seconds later, nor before this one's input
+    Requests pass one at a time, in order. Each one passing books its share of both limits from the moment
+    it actually passes: the next passes no sooner than 60 / rpm seconds later, nor before this one's input
     tokens have been earned back at itpm / 60 a second. What passes therefore fits a token bucket that holds
     one request, so it fits the API's own bucket (which holds a minute's worth) with room to spare: in any T
-    seconds at most rpm x T / 60 requests start, plus one, and itpm x T / 60 input tokens, plus one request's.
+    seconds at most rpm x T / 60 requests pass, plus one, and itpm x T / 60 input tokens, plus one request's.
+    Booking from the actual time, not the planned one, means a late wake-up (a busy CPU) delays the next
+    request too, instead of letting two go closer together than the limits allow.
     """
 
     def __init__(self, requests_per_minute: float | None = None, input_tokens_per_minute: float | None = None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, sleep=asyncio.sleep):
         self.request_gap = 60 / requests_per_minute if requests_per_minute else 0.0
         self.token_gap = 60 / input_tokens_per_minute if input_tokens_per_minute else 0.0
-        self.clock = clock
-        self._free = float("-inf")  # when the next request may start
+        self.clock, self.sleep = clock, sleep
+        self._free = float("-inf")  # when the next request may pass
+        self._turn = asyncio.Lock()  # first come, first served
 
     @property
     def limited(self) -> bool:
         return bool(self.request_gap or self.token_gap)
 
-    def reserve(self, input_tokens: int) -> float:
-        """Book a request of `input_tokens`; returns the clock time at which it may start."""
-        start = max(self.clock(), self._free)
-        self._free = start + max(self.request_gap, input_tokens * self.token_gap)
-        return start
-
     async def wait(self, input_tokens: int) -> None:
+        """Return when a request of `input_tokens` may be sent."""
         if not self.limited:
             return
-        # reserve() runs without an await, so concurrent tasks book slots one after another, never the same.
-        delay = self.reserve(input_tokens) - self.clock()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        async with self._turn:
+            delay = self._free - self.clock()
+            if delay > 0:
+                await self.sleep(delay)
+            self._free = self.clock() + max(self.request_gap, input_tokens * self.token_gap)
