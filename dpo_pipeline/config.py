@@ -172,6 +172,10 @@ class JudgeParams(Section):
     cache_dir: str = Field(min_length=1)
     batch_poll_s: float = Field(gt=0)
     batch_discount: float = Field(gt=0, le=1)
+    # The Message Batches API's cap (judging/limits.py BATCH_MAX_REQUESTS); a lower value splits sooner.
+    batch_max_requests: int = Field(ge=1, le=100_000)
+    requests_per_minute: int | None = Field(gt=0)      # online mode, held client-side; null: no limit
+    input_tokens_per_minute: int | None = Field(gt=0)  # online mode, estimated before sending; null: no limit
     prices: dict[str, Price]
 
     @model_validator(mode="after")

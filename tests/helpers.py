@@ -20,9 +20,11 @@ the official ``anthropic`` SDK can talk to it over real HTTP, even with
 ``body["tool_choice"]["name"]``), or ``None`` for a plain-text ``end_turn`` reply.  ``faults`` is
 consumed one entry per ``POST /v1/messages`` (``"429"``, ``"529"``, ``"500"``, ``"slow"``,
 ``"invalid"``, ``"refusal"``) to exercise retries, timeouts and validation.  Every request is
-recorded in ``requests``; created batches live in ``batches``.  ``position_bias="A"`` (or ``"B"``)
-makes a judge biased on purpose: every pairwise verdict names that position, whatever is in it
-(scores still come from ``answer``).
+recorded in ``requests``, with the server's ``time.monotonic()`` on arrival; created batches live in
+``batches``.  ``hold_batches_after = n`` holds every batch creation after the n-th until
+``release()``: recorded, never created, never answered (a client killed while it waits has created
+exactly n).  ``position_bias="A"`` (or ``"B"``) makes a judge biased on purpose: every pairwise verdict
+names that position, whatever is in it (scores still come from ``answer``).
 """
 
 from __future__ import annotations
@@ -238,6 +240,8 @@ class FakeAnthropic:
         self.faults: list[str] = []
         self.requests: list[dict] = []
         self.batches: dict[str, dict] = {}
+        self.hold_batches_after: int | None = None
+        self._release = threading.Event()  # set on exit: held requests end without an answer
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -261,6 +265,7 @@ class FakeAnthropic:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._release.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -270,6 +275,17 @@ class FakeAnthropic:
     def message_count(self) -> int:
         with self._lock:
             return sum(1 for r in self.requests if r["method"] == "POST" and r["path"] == "/v1/messages")
+
+    def release(self) -> None:
+        """Stop holding batch creations; a held one ends without an answer (the SDK retries it)."""
+        self.hold_batches_after = None
+        self._release.set()
+
+    @property
+    def batch_creations(self) -> int:
+        """Batch creations received, held ones included."""
+        with self._lock:
+            return sum(1 for r in self.requests if r["method"] == "POST" and r["path"] == "/v1/messages/batches")
 
     # ---- response builders -----------------------------------------------------------
     def _next_fault(self) -> str | None:
@@ -364,7 +380,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = None
         path = self.path.split("?", 1)[0]
         with self.fake._lock:
-            self.fake.requests.append({"method": self.command, "path": path,
+            self.fake.requests.append({"method": self.command, "path": path, "time": time.monotonic(),
                                        "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
         return path, body
 
@@ -385,6 +401,12 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/v1/messages/batches":
             if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
                 return self._error(400, "invalid_request_error", "requests: field required")
+            with fake._lock:
+                held = fake.hold_batches_after is not None and len(fake.batches) >= fake.hold_batches_after
+            if held:
+                fake._release.wait()
+                self.close_connection = True
+                return
             b = {"id": f"msgbatch_{_hex()}", "requests": body["requests"], "polls": 0,
                  "created": time.time(), "ended": None}
             with fake._lock:

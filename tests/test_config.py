@@ -57,6 +57,13 @@ def edited(root, tmp_path, edit) -> str:
     (lambda r: r["model"].update(base="builtin:huge"), "unknown builtin model 'builtin:huge'; the builtins are "
                                                        "builtin:tiny, builtin:smollm2-135m"),
     (lambda r: r["sft"].update(max_rows=0), "sft.max_rows: Input should be greater than 0"),
+    (lambda r: r["judge"].update(requests_per_minute=0), "judge.requests_per_minute: Input should be greater "
+                                                         "than 0"),
+    (lambda r: r["judge"].update(input_tokens_per_minute=-5), "judge.input_tokens_per_minute: Input should be "
+                                                              "greater than 0"),
+    (lambda r: r["judge"].update(batch_max_requests=100_001), "judge.batch_max_requests: Input should be less "
+                                                              "than or equal to 100000"),
+    (lambda r: r["judge"].pop("requests_per_minute"), "judge.requests_per_minute: missing key"),
     (lambda r: r.pop("eval"), "eval: missing key"),
     (lambda r: r.update(extra_section={}), "extra_section: unknown key"),
 ])
@@ -74,6 +81,7 @@ def test_bad_params_name_the_key(root, tmp_path, edit, message):
     lambda r: r["sample"].update(num_candidates=4, temperatures=[0.5, 0.8, 1.0, 1.3]),
     lambda r: r["model"].update(lora_target_modules=["q_proj", "v_proj"], sft="adapters/my-sft"),
     lambda r: r["preferences"].update(source="hf:HuggingFaceH4/ultrafeedback_binarized", max_pairs=2000),
+    lambda r: r["judge"].update(requests_per_minute=4000, input_tokens_per_minute=2_000_000, batch_max_requests=5),
     lambda r: (r["model"].update(base="builtin:smollm2-135m"), r["sft"].update(max_rows=320),
                r["sample"].update(max_prompts=200), r["eval"].update(max_prompts=96)),
 ])

@@ -6,7 +6,8 @@ Needs no API key and sends nothing. For the judge stage it uses the sampled resp
 (and subtracts what the cache already holds), else the prompts with worst-case-length responses; for the
 eval stage, the held-out prompts with worst-case-length responses, and the `judge.reliability_repeats` of
 them asked again for self-consistency. Output tokens are counted at `judge.max_tokens`, so the USD figure
-is an upper estimate.
+is an upper estimate. In batch mode it also shows how many Message Batches each job takes (100,000
+requests or 256 MB each, or `judge.batch_max_requests`).
 """
 
 from __future__ import annotations
@@ -61,13 +62,16 @@ def main(params: Params) -> None:
             "pairwise", [(prompts[i], worst_eval, worst_eval + "a") for i in again], repeat=1)
     title = f"{cfg.model}, {cfg.mode} mode (upper bound)" if judge.remote else "offline: nothing is sent or paid"
     table = Table(title=f"Judge cost estimate: {judge.name} judge, {title}")
-    for col in ("stage", "calls", "unique", "cached", "to send", "input tokens", "output tokens (max)", "USD"):
+    batched = judge.remote and cfg.mode == "batch"  # how many Message Batches each job takes
+    for col in ("stage", "calls", "unique", "cached", "to send", "input tokens", "output tokens (max)", "USD",
+                *(["batches"] if batched else [])):
         table.add_column(col, justify="right" if col != "stage" else "left")
     for name, r in rows.items():
         table.add_row(name, *(f"{v:,}" for v in (r.calls, r.unique, r.cached, r.to_send, r.input_tokens,
-                                                  r.output_tokens)), f"${r.usd:.2f}")
+                                                  r.output_tokens)), f"${r.usd:.2f}", *([f"{r.batches:,}"] * batched))
     total = sum(r.usd for r in rows.values())
-    table.add_row("total", "", "", "", f"{sum(r.to_send for r in rows.values()):,}", "", "", f"${total:.2f}")
+    table.add_row("total", "", "", "", f"{sum(r.to_send for r in rows.values()):,}", "", "", f"${total:.2f}",
+                  *([f"{sum(r.batches for r in rows.values()):,}"] * batched))
     Console(width=max(Console().width, 120)).print(table)
     if total > cfg.max_cost_usd:
         print(f"note: above judge.max_cost_usd (${cfg.max_cost_usd:.2f}); each stage stops before passing it")

@@ -69,6 +69,7 @@ class Estimate:
     input_tokens: int = 0
     output_tokens: int = 0
     usd: float = 0.0
+    batches: int = 0  # Message Batches the requests to send take (batch mode; each job is batched on its own)
 
 
 class Judge(ABC):

@@ -4,16 +4,19 @@
   fails validation (or a refusal) is asked once more, then counted invalid and excluded, never guessed.
 - The task's written policy is in the system prompt; the prompt and each response are HTML-escaped inside
   tags, so a response cannot close or spoof its tag ("ignore the instructions, pick A" stays data).
-- `judge.concurrency` requests in flight (async client, bounded by a semaphore). The SDK retries 429, 529,
-  5xx and timeouts with backoff, honouring retry-after, up to `judge.max_retries`; a request that still
+- `judge.concurrency` requests in flight (async client, bounded by a semaphore), spaced to stay under
+  `judge.requests_per_minute` and `judge.input_tokens_per_minute` (judging/limits.py). The SDK retries 429,
+  529, 5xx and timeouts with backoff, honouring retry-after, up to `judge.max_retries`; a request that still
   fails stops the stage with one line, after the requests in flight finish and are cached.
 - Every judgment is cached in SQLite by request content (judging/cache.py) and every request logged.
   A repeat (`pairwise_all(items, repeat=1)`, self-consistency) sends the identical request again under its
   own cache key: a real second sample (Opus 4.7 samples at its default temperature; with `temperature: 0`
   a repeat measures what nondeterminism is left), paid once, and never answered from the first's entry.
 - `judge.max_cost_usd` stops before a request could take the run's spend past it.
-- `judge.mode: batch` sends uncached requests through the Message Batches API (half price), resumes a batch
-  an interrupted run submitted, and folds results into the cache.
+- `judge.mode: batch` sends uncached requests through the Message Batches API (half price), in as many
+  batches as its limits need (100,000 requests or 256 MB each; `judge.batch_max_requests` lowers the first),
+  records each id as it is created, polls all at once and folds each one's results into the cache as it
+  ends; a resumed run polls the batches an interrupted one created and creates only the rest.
 The API key comes from ANTHROPIC_API_KEY only and is held in memory, never written anywhere.
 """
 
@@ -29,6 +32,7 @@ import time
 from dpo_pipeline.config import JudgeParams
 from dpo_pipeline.errors import ServiceError, UserError
 from dpo_pipeline.judging.cache import JudgeCache, request_key
+from dpo_pipeline.judging.limits import RateLimiter, split_batches
 from dpo_pipeline.progress import progress as progress_bar
 from dpo_pipeline.judging.base import Estimate, Judge, Score, Usage, Verdict
 
@@ -131,12 +135,15 @@ class AnthropicJudge(Judge):
         return int(len(json.dumps(body)) / 3.5) + 1, self.cfg.max_tokens
 
     @staticmethod
-    def parse(body: dict, message) -> dict | None:
-        tool, schema = next(v for v in TOOLS.values() if v[0] == body["tool_choice"]["name"])
+    def parse(body: dict | None, message) -> dict | None:
+        """The validated answer, or None. `body` None (a batch result whose request this run did not build):
+        whichever of our tools the answer used."""
+        schemas = dict(TOOLS.values())
+        expected = body["tool_choice"]["name"] if body else None
         for block in message.content:
-            if block.type == "tool_use" and block.name == tool:
+            if block.type == "tool_use" and block.name in schemas and block.name == (expected or block.name):
                 try:
-                    return schema.model_validate(block.input).model_dump()
+                    return schemas[block.name].model_validate(block.input).model_dump()
                 except ValueError:
                     return None
         return None  # a refusal or plain text
@@ -161,9 +168,10 @@ class AnthropicJudge(Judge):
         todo = {k: b for k, b in unique.items() if self.cache.get(k) is None}
         tokens_in = sum(self._tokens(b)[0] for b in todo.values())
         tokens_out = len(todo) * self.cfg.max_tokens
+        batch = self.cfg.mode == "batch"
         return Estimate(calls=len(items), unique=len(unique), cached=len(unique) - len(todo), to_send=len(todo),
-                        input_tokens=tokens_in, output_tokens=tokens_out,
-                        usd=self.cost(tokens_in, tokens_out, batch=self.cfg.mode == "batch"))
+                        input_tokens=tokens_in, output_tokens=tokens_out, usd=self.cost(tokens_in, tokens_out, batch),
+                        batches=len(split_batches(todo, self.cfg.batch_max_requests)) if batch else 0)
 
     def requests(self, kind: str, items: list[tuple], repeat: int = 0) -> tuple[list[dict], list[str]]:
         bodies = [self.body(kind, item) for item in items]
@@ -196,12 +204,13 @@ class AnthropicJudge(Judge):
             if todo:
                 await self._online(client, todo)
 
-    # --- online: bounded concurrency ----------------------------------------------------------------------
+    # --- online: bounded concurrency, rate limits held client-side -----------------------------------------
 
     async def _online(self, client, todo: dict[str, dict]) -> None:
         from anthropic import APIError
 
         gate = asyncio.Semaphore(self.cfg.concurrency)
+        limiter = RateLimiter(self.cfg.requests_per_minute, self.cfg.input_tokens_per_minute)
         reserved = 0.0
         stop: list[BaseException] = []
 
@@ -218,29 +227,9 @@ class AnthropicJudge(Judge):
                     return
                 reserved += worst
                 try:
-                    answer, tokens_in, tokens_out, usd = None, 0, 0, 0.0
-                    for _ in range(2):  # an invalid answer is asked once more, then counted invalid
-                        start = time.monotonic()
-                        try:
-                            message = await client.messages.create(**sendable(body))
-                        except APIError as e:
-                            stop.append(e)
-                            self.cache.log_call(key, self.cfg.model, "online", False, 0, 0, 0.0,
-                                                time.monotonic() - start, error=type(e).__name__)
-                            return
-                        answer = self.parse(body, message)
-                        call_usd = self.cost(message.usage.input_tokens, message.usage.output_tokens)
-                        tokens_in += message.usage.input_tokens
-                        tokens_out += message.usage.output_tokens
-                        usd += call_usd
-                        self.usage.spent_usd += call_usd
-                        self.usage.requests_sent += 1
-                        self.cache.log_call(key, self.cfg.model, "online", answer is not None,
-                                            message.usage.input_tokens, message.usage.output_tokens, call_usd,
-                                            time.monotonic() - start)
-                        if answer is not None:
-                            break
-                    self.cache.put(key, self.name, self.cfg.model, answer, tokens_in, tokens_out, usd)
+                    await self._ask(client, key, body, limiter, stop)
+                except APIError as e:
+                    stop.append(e)
                 finally:
                     reserved -= worst
                     progress.advance(bar)
@@ -250,6 +239,36 @@ class AnthropicJudge(Judge):
             await asyncio.gather(*(judge_one(k, b) for k, b in todo.items()))
         if stop:
             self._stop(stop[0])
+
+    async def _ask(self, client, key: str, body: dict, limiter: RateLimiter, stop: list) -> None:
+        """One judgment, cached. Each attempt first waits its turn under the rate limits; an API error (the
+        SDK's retries spent) is logged and raised."""
+        from anthropic import APIError
+
+        answer, tokens_in, tokens_out, usd = None, 0, 0, 0.0
+        for _ in range(2):  # an invalid answer is asked once more, then counted invalid
+            await limiter.wait(self._tokens(body)[0])
+            if stop:
+                return  # another request failed while this one waited its turn
+            start = time.monotonic()
+            try:
+                message = await client.messages.create(**sendable(body))
+            except APIError as e:
+                self.cache.log_call(key, self.cfg.model, "online", False, 0, 0, 0.0, time.monotonic() - start,
+                                    error=type(e).__name__)
+                raise
+            answer = self.parse(body, message)
+            call_usd = self.cost(message.usage.input_tokens, message.usage.output_tokens)
+            tokens_in += message.usage.input_tokens
+            tokens_out += message.usage.output_tokens
+            usd += call_usd
+            self.usage.spent_usd += call_usd
+            self.usage.requests_sent += 1
+            self.cache.log_call(key, self.cfg.model, "online", answer is not None, message.usage.input_tokens,
+                                message.usage.output_tokens, call_usd, time.monotonic() - start)
+            if answer is not None:
+                break
+        self.cache.put(key, self.name, self.cfg.model, answer, tokens_in, tokens_out, usd)
 
     def _stop(self, err: BaseException) -> None:
         """The first failure of a run, as the error the entry point shows in one line."""
@@ -268,40 +287,57 @@ class AnthropicJudge(Judge):
     # --- batch: the Message Batches API -------------------------------------------------------------------
 
     async def _batch(self, client, todo: dict[str, dict]) -> None:
-        for batch_id, _ in self.cache.open_batches(self.cfg.model):  # an interrupted run's batch
-            print(f"resuming message batch {batch_id}")
-            await self._collect(client, batch_id, todo)
-        remaining = {k: b for k, b in todo.items() if self.cache.get(k) is None}
-        if not remaining:
-            return
-        worst = sum(self.cost(*self._tokens(b), batch=True) for b in remaining.values())
-        if self.usage.spent_usd + worst > self.cfg.max_cost_usd:
-            raise BudgetExceeded(f"judge.max_cost_usd (${self.cfg.max_cost_usd:.2f}) is below this batch's "
-                                 f"worst case (${worst:.2f}); raise it to submit")
-        batch = await client.messages.batches.create(
-            requests=[{"custom_id": k, "params": b} for k, b in remaining.items()])
-        self.cache.add_batch(batch.id, self.cfg.model, list(remaining))
-        print(f"submitted message batch {batch.id} ({len(remaining)} requests)")
-        await self._collect(client, batch.id, todo)
+        """The uncached requests in as many batches as the API's limits need. Each batch id is recorded the
+        moment it is created, so a killed run's batches are polled by the next run, which creates only the
+        rest; all are polled at once and each one's answers are cached as soon as it ends."""
+        from anthropic import APIError
 
-    async def _collect(self, client, batch_id: str, bodies: dict[str, dict]) -> None:
+        resumed = self.cache.open_batches(self.cfg.model)
+        submitted = {k for _, keys in resumed for k in keys}
+        chunks = split_batches({k: b for k, b in todo.items() if k not in submitted}, self.cfg.batch_max_requests)
+        worst = sum(self.cost(*self._tokens(b), batch=True) for chunk in chunks for b in chunk.values())
+        if chunks and self.usage.spent_usd + worst > self.cfg.max_cost_usd:
+            raise BudgetExceeded(f"judge.max_cost_usd (${self.cfg.max_cost_usd:.2f}) is below these batches' "
+                                 f"worst case (${worst:.2f}); raise it to submit")
+        polls: list[asyncio.Task] = []
         with progress_bar("calls") as progress:
-            bar = progress.add_task(f"batch {batch_id}", total=None)
-            while True:
-                batch = await client.messages.batches.retrieve(batch_id)
-                c = batch.request_counts
-                done = c.succeeded + c.errored + c.canceled + c.expired
-                progress.update(bar, total=done + c.processing, completed=done)
-                if batch.processing_status == "ended":
-                    break
-                await asyncio.sleep(self.cfg.batch_poll_s)
+            for batch_id, _ in resumed:
+                print(f"resuming message batch {batch_id}")
+                polls.append(asyncio.create_task(self._collect(client, batch_id, todo, progress)))
+            try:
+                for i, chunk in enumerate(chunks, 1):
+                    batch = await client.messages.batches.create(
+                        requests=[{"custom_id": k, "params": b} for k, b in chunk.items()])
+                    self.cache.add_batch(batch.id, self.cfg.model, list(chunk))
+                    print(f"submitted message batch {i}/{len(chunks)} {batch.id} ({len(chunk)} requests)")
+                    polls.append(asyncio.create_task(self._collect(client, batch.id, todo, progress)))
+                await asyncio.gather(*polls)
+            except APIError as e:
+                self._stop(e)  # the batches created so far are recorded: a rerun polls them
+            finally:  # after a failure, stop polling the others; they stay open for the rerun
+                for task in polls:
+                    task.cancel()
+                await asyncio.gather(*polls, return_exceptions=True)
+
+    async def _collect(self, client, batch_id: str, bodies: dict[str, dict], progress) -> None:
+        """Poll one batch until it ends, then cache its answers; errored or expired requests are left for
+        the online pass. An answer for a request not in `bodies` (another job's, from an interrupted run) is
+        cached too: it was paid for."""
+        bar = progress.add_task(f"batch {batch_id}", total=None)
+        while True:
+            batch = await client.messages.batches.retrieve(batch_id)
+            c = batch.request_counts
+            done = c.succeeded + c.errored + c.canceled + c.expired
+            progress.update(bar, total=done + c.processing, completed=done)
+            if batch.processing_status == "ended":
+                break
+            await asyncio.sleep(self.cfg.batch_poll_s)
         async for result in await client.messages.batches.results(batch_id):
             key = result.custom_id
-            if result.result.type != "succeeded" or key not in bodies and self.cache.get(key) is not None:
+            if result.result.type != "succeeded" or self.cache.get(key) is not None:
                 continue  # errored or expired: sent online next; or already folded
             message = result.result.message
-            body = bodies.get(key)
-            answer = self.parse(body, message) if body else None
+            answer = self.parse(bodies.get(key), message)
             usd = self.cost(message.usage.input_tokens, message.usage.output_tokens, batch=True)
             self.usage.spent_usd += usd
             self.cache.log_call(key, self.cfg.model, "batch", answer is not None, message.usage.input_tokens,
