@@ -108,7 +108,8 @@ def test_self_consistency_asks_a_seeded_sample_again_as_repeat_one():
     m = reliability(judge, items, judged, repeats=10, seed=7, task=RIGHT)
     [(asked, repeat)] = judge.calls[1:]
     assert repeat == 1 and len(asked) == m["repeats"] == 10
-    assert [p for p, _, _ in asked] == [items[i][0] for i in repeat_sample(list(range(30)), 10, 7)]
+    kept = [item for item in items if item[1] != item[2]]  # identical responses: a tie, never asked
+    assert [p for p, _, _ in asked] == [kept[i][0] for i in repeat_sample(list(range(len(kept))), 10, 7)]
     changed = [p for p, a, b in asked if int(p[-1]) < 5 and longer(p, a, b, 0) != "B"]
     assert m["self_consistency"] == pytest.approx(1 - len(changed) / 10, abs=1e-4)
     assert repeat_sample(list(range(30)), 10, 7) == repeat_sample(list(range(30)), 10, 7)  # seeded
@@ -119,8 +120,9 @@ def test_repeats_skip_items_whose_first_answer_was_invalid():
     judge = Scripted(lambda p, a, b, repeat: None if p == "p0" else "tie")
     judged = pairwise_both_orders(judge, ITEMS)
     m = reliability(judge, ITEMS, judged, repeats=10, seed=0, task=RIGHT)
-    assert "p0" not in [p for p, _, _ in judge.calls[-1][0]] and m["repeats"] == 4
-    assert m["self_consistency"] == 1.0 and m["n_valid"] == 4
+    # p0 answered invalidly, p2's responses are identical (never asked): p1, p3 and p4 are asked again
+    assert "p0" not in [p for p, _, _ in judge.calls[-1][0]] and m["repeats"] == 3
+    assert m["self_consistency"] == 1.0 and m["n_valid"] == 3
 
 
 def test_no_ground_truth_and_no_reference_are_none_not_zero():
@@ -192,14 +194,14 @@ def measure(judge: AnthropicJudge, items, repeats: int = 5) -> dict:
     return reliability(judge, items, judged, repeats=repeats, seed=3, task=task, reference=RubricJudge(task))
 
 
-BOTH_ORDERS = 2 * 12 - 3  # an identical pair's two orders are one request
+BOTH_ORDERS = 2 * 9  # 12 items, 3 of them two identical responses: a tie without a request
 
 
 def test_an_unbiased_claude_judge_is_reliable(tmp_path):
     with FakeAnthropic(policy_answer) as fake:
         m = measure(judge_on(fake, tmp_path / "cache"), mixed_items())
         assert fake.message_count == BOTH_ORDERS + 5  # the repeats were sent, not read from the cache
-    assert m == {"backend": "anthropic", "n": 12, "n_valid": 12, "position_flip_rate": 0.0,
+    assert m == {"backend": "anthropic", "n": 9, "n_valid": 9, "position_flip_rate": 0.0,
                  "self_consistency": 1.0, "repeats": 5, "truth_agreement": 1.0, "truth_n": 9,
                  "reference_agreement": 1.0, "reference_backend": "rubric"}
 
@@ -211,9 +213,9 @@ def test_the_metrics_reveal_a_position_biased_claude_judge(tmp_path):
         assert fake.message_count == BOTH_ORDERS + 5
     assert m["position_flip_rate"] == 1.0  # the verdict follows the order on every item
     assert m["truth_agreement"] == 0.5     # both-orders turns every verdict into a tie: chance
-    assert m["reference_agreement"] == 0.25  # it matches the rubric only where the rubric ties (3 of 12)
+    assert m["reference_agreement"] == 0.0  # the rubric ties only on the identical items, never asked
     assert m["self_consistency"] == 1.0    # consistently biased: repeats alone would not reveal it
-    assert judge.usage.answers == 2 * 12 + 5
+    assert judge.usage.answers == BOTH_ORDERS + 5 and judge.usage.identical_skipped == 3
 
 
 def test_repeats_are_real_requests_cached_once(tmp_path):
@@ -256,4 +258,5 @@ def test_the_estimate_counts_a_repeat_as_a_request_to_send(tmp_path):
         first = judge.estimate("pairwise", items[:4])
         again = judge.estimate("pairwise", items[:4], repeat=2)  # repeat 2 was never asked
         assert fake.message_count == BOTH_ORDERS + 5
-    assert first.to_send == 0 and again.to_send == 4 and again.usd > 0
+    # items[3]'s two responses are identical: never sent, so not counted either way
+    assert first.to_send == 0 and again.to_send == 3 and again.usd > 0

@@ -163,8 +163,10 @@ class AnthropicJudge(Judge):
         return [None if a is None else Verdict(**a) for a in self.run("pairwise", items, repeat)]
 
     def estimate(self, kind: str, items: list[tuple], repeat: int = 0) -> Estimate:
+        if kind == "pairwise":  # two identical responses are a tie without a request (pairwise_both_orders)
+            items = [item for item in items if item[1] != item[2]]
         bodies, keys = self.requests(kind, items, repeat)
-        unique = dict(zip(keys, bodies))  # identical requests (two identical responses) are sent once
+        unique = dict(zip(keys, bodies))  # identical requests are sent once
         todo = {k: b for k, b in unique.items() if self.cache.get(k) is None}
         tokens_in = sum(self._tokens(b)[0] for b in todo.values())
         tokens_out = len(todo) * self.cfg.max_tokens
