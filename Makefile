@@ -58,7 +58,7 @@ seeds: install
 	python -m tools.seeds $(SEEDS)
 	dvc repro report
 
-# The real profile: the defaults with these changes; 21.5 min measured on 2 CPU cores, target 20 (README,
+# The real profile: the defaults with these changes; 18 min 11 s from a fresh clone on 2 CPU cores (README,
 # "A real model"). LoRA on a pretrained model wants a far lower rate than the tiny model trained from scratch.
 REAL_TASK ?= incident_triage
 REAL_NAME = real-smollm2$(if $(filter-out incident_triage,$(REAL_TASK)),-$(REAL_TASK))
