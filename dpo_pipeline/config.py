@@ -115,6 +115,7 @@ class SampleParams(Section):
     top_p: float = Field(gt=0, le=1)
     max_new_tokens: int = Field(gt=0)
     batch_size: int = Field(gt=0)
+    num_processes: int = Field(ge=1)  # > 1: torchrun, each process a share of the batches (same output)
 
     @field_validator("temperatures")
     @classmethod
@@ -235,6 +236,7 @@ class EvalParams(Section):
     top_p: float = Field(gt=0, le=1)
     max_new_tokens: int = Field(gt=0)
     batch_size: int = Field(gt=0)
+    num_processes: int = Field(ge=1)  # > 1: torchrun, each process a share of the batches (same output)
     bootstrap_samples: int = Field(ge=100)
 
 

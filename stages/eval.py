@@ -45,11 +45,14 @@ def main(params: Params) -> None:
     task = get_task(params.task)
     judge = make_judge(params.judge, task, read_text(params.task_files.policy))
 
-    from dpo_pipeline.models.generation import fitting, generate
+    from dpo_pipeline.models import parallel
+    from dpo_pipeline.models.generation import fitting
     from dpo_pipeline.models.kl import sequence_kl
     from dpo_pipeline.models.loading import load_policy, load_tokenizer, machine
 
-    # --- generate with each model, same prompts, decoding params and seeds
+    # --- generate with each model, same prompts, decoding params and seeds (num_processes: a share each)
+    parallel.relaunch_if_needed("stages.eval", cfg.num_processes)
+    parallel.init()
     tokenizer = load_tokenizer(paths)
     outputs, n_read = {}, len(rows)
     for name in MODELS:
@@ -60,13 +63,16 @@ def main(params: Params) -> None:
             if not rows:
                 raise UserError(f"{params.task_files.eval_prompts}: every prompt is too long for the model's "
                                 f"context with eval.max_new_tokens {cfg.max_new_tokens}")
-        outputs[name] = generate(model, tokenizer, prompts, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                 seed=params.seed, label=f"eval {name}")
-        if name == "dpo":  # KL(SFT+DPO || SFT): the DPO adapter disabled is exactly the SFT model
+        outputs[name] = parallel.generate(model, tokenizer, prompts, temperature=cfg.temperature, top_p=cfg.top_p,
+                                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                          seed=params.seed, label=f"eval {name}")
+        if name == "dpo" and parallel.is_main():  # KL(SFT+DPO || SFT): the adapter disabled is the SFT model
             kl = sequence_kl(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, seed=params.seed,
                              bootstrap_samples=cfg.bootstrap_samples)
         del model
+    parallel.finish()
+    if not parallel.is_main():
+        return
 
     # --- score each response; judge each pair of models in both orders (invalid judge answers are excluded)
     scores = judge.score_all([(row["prompt"], outputs[m][i]["text"]) for m in MODELS for i, row in enumerate(rows)])
@@ -82,11 +88,9 @@ def main(params: Params) -> None:
     # so `dvc exp show` stays readable
     metrics, intervals = aggregate(recs, schema, cfg.bootstrap_samples, params.seed)
     metrics["kl_dpo_vs_sft"] = {k: round(v, 4) for k, v in kl.items()}
-    metrics["n_prompts"] = len(recs)
-    metrics["dropped_too_long"] = n_read - len(recs)  # prompts that left no room for max_new_tokens
-    metrics["judge"] = {"backend": judge.name, **judge.usage.as_metrics()}
-    metrics["judge_reliability"] = trust
-    metrics["machine"] = machine()  # the same params give the same numbers on this kind of machine only
+    metrics |= {"n_prompts": len(recs), "dropped_too_long": n_read - len(recs),  # no room for max_new_tokens
+                "judge": {"backend": judge.name, **judge.usage.as_metrics()}, "judge_reliability": trust,
+                "machine": machine()}  # the same params give the same numbers on this kind of machine only
     write_jsonl(paths.eval_outputs, recs)
     write_json(paths.eval_ci, intervals)
     write_json(paths.eval_metrics, metrics)

@@ -4,7 +4,9 @@
 
 Output rows: {id, prompt, responses: [{text, temperature, tokens}, ...]}, the judge's input. When the
 preference pairs come from a dataset (`preferences.source` is not `generated`) there is nothing to sample:
-the stage writes an empty file and loads no model.
+the stage writes an empty file and loads no model. With `sample.num_processes` > 1 the stage re-launches
+itself under torchrun and each process generates a share of the batches; the output is byte-identical to one
+process's (dpo_pipeline/models/parallel.py).
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ def main(params: Params) -> None:
         return
     rows = read_jsonl(params.task_files.prompts, required=("id", "prompt"))[:cfg.max_prompts]
 
-    from dpo_pipeline.models.generation import fitting, generate
+    from dpo_pipeline.models import parallel
+    from dpo_pipeline.models.generation import fitting
     from dpo_pipeline.models.loading import load_policy, load_tokenizer
 
+    parallel.relaunch_if_needed("stages.sample", cfg.num_processes)  # inputs checked once, then N processes
+    parallel.init()
     tokenizer = load_tokenizer(paths)
     model = load_policy("sft", paths)
     keep = fitting(model, tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens)
@@ -43,10 +48,13 @@ def main(params: Params) -> None:
     prompts = [r["prompt"] for r in rows]
     start = time.time()
     by_temp = [
-        generate(model, tokenizer, prompts, temperature=t, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                 batch_size=cfg.batch_size, seed=params.seed + 1000 * i, label=f"sampling T={t}")
+        parallel.generate(model, tokenizer, prompts, temperature=t, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                          batch_size=cfg.batch_size, seed=params.seed + 1000 * i, label=f"sampling T={t}")
         for i, t in enumerate(cfg.temperatures)
     ]
+    parallel.finish()
+    if not parallel.is_main():
+        return
     out = [{"id": r["id"], "prompt": r["prompt"],
             "responses": [{**gen[j], "temperature": t} for gen, t in zip(by_temp, cfg.temperatures)]}
            for j, r in enumerate(rows)]

@@ -85,7 +85,7 @@ def main(params: Params) -> None:
                              else [])
         trainer.remove_callback(PrinterCallback)  # the log dicts go to dvclive, not the terminal
         if main_process:
-            kl_monitor.measure(trainer.model, 0)  # 0 by construction: the fresh adapter starts as the reference
+            kl_monitor.start()  # 0 by construction: the fresh adapter starts as the reference
         trainer.train()
         if not main_process:
             return

@@ -187,6 +187,21 @@ def test_a_beta_experiment_reuses_samples_and_judgments(repo, reproduced):
     assert "beta" in table and "0.3" in table and "0.1" in table and "severity_match" in table
 
 
+def test_two_processes_generate_byte_for_byte_what_one_does(repo, reproduced):
+    """sample and eval as 2 processes under torchrun (gloo on CPU), each a share of the batches: the samples and
+    the eval outputs have the md5 the one-process baseline committed, and judging is not re-run."""
+    baseline_params(repo)
+    out = sh(repo, "dvc", "exp", "run", "-S", "sample.num_processes=2", "-S", "eval.num_processes=2")
+    assert "Running stage 'sample'" in out and "Running stage 'eval'" in out
+    assert "Running stage 'judge'" not in out  # the same samples: nothing downstream of them changed
+
+    def md5s(lock: dict) -> dict:
+        return {o["path"]: o["md5"] for stage in ("sample", "eval") for o in lock["stages"][stage]["outs"]}
+
+    committed = yaml.safe_load(sh(repo, "git", "show", "HEAD:dvc.lock"))
+    assert md5s(yaml.safe_load((repo / "dvc.lock").read_text())) == md5s(committed)
+
+
 def test_queued_experiments_run_two_at_a_time(repo, reproduced):
     """A sweep on DVC's experiment queue: `dvc exp run --run-all -j 2` runs queued experiments in parallel,
     each in its own temporary workspace, sampling and judging taken from the cache."""

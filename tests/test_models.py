@@ -73,7 +73,8 @@ def test_kl_of_a_fresh_adapter_is_zero_and_grows_when_it_changes(micro):
                            LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
     prompts = [f"Pager alert. search is unreachable {i}." for i in range(8)]
     kw = dict(max_new_tokens=10, seed=0)
-    assert sequence_kl(model, tok, prompts, **kw)["kl"] == pytest.approx(0.0, abs=1e-5)
+    # Exactly 0, not about 0: LoRA's B starts at zero (KLMonitor.start logs this 0 without sampling)
+    assert sequence_kl(model, tok, prompts, **kw)["kl"] == 0.0
     torch.manual_seed(0)  # the move is the same whichever tests ran before
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -1,0 +1,66 @@
+"""Data-parallel generation: the sample and eval stages as 1 process and as N under torchrun.
+
+    dvc repro && python bench/processes.py             # N = 2
+    python bench/processes.py --processes 4 --stages sample
+
+Runs `python -m stages.<stage>` on the pipeline's models (models/), writing into a temporary folder, with
+`<stage>.num_processes` 1 and then N, and prints each stage's wall time, the speed-up, and whether the
+outputs (samples.jsonl; eval_outputs.jsonl) are byte-identical. On CPU each of N processes runs one torch
+thread (torchrun sets OMP_NUM_THREADS=1), against one process with all cores' threads: on a machine with
+as many cores as processes that is the whole comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = {"sample": "samples", "eval": "eval_outputs"}
+
+
+def run(stage: str, processes: int, workdir: Path) -> float:
+    """Write workdir/params.yaml (models and data read from the repo, outputs here), run the stage, time it."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    paths = params["paths"]
+    for key in ("data", "base_model", "sft_model", "dpo_model", "preferences"):
+        paths[key] = str(ROOT / paths[key])
+    for key in ("samples", "eval_outputs", "eval_metrics", "eval_ci"):
+        paths[key] = str(workdir / Path(paths[key]).name)
+    params[stage]["num_processes"] = processes
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=workdir, env=env, capture_output=True,
+                          text=True)
+    if proc.returncode:
+        raise SystemExit(f"stages.{stage} with {processes} processes failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--stages", nargs="+", default=["sample", "eval"], choices=list(OUTPUT))
+    args = ap.parse_args()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    print(f"{'stage':8} {'1 process, s':>13} {f'{args.processes} processes, s':>15} {'speed-up':>9} identical")
+    for stage in args.stages:
+        with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as many:
+            t1 = run(stage, 1, Path(one))
+            tn = run(stage, args.processes, Path(many))
+            name = Path(params["paths"][OUTPUT[stage]]).name
+            same = filecmp.cmp(Path(one) / name, Path(many) / name, shallow=False)
+            print(f"{stage:8} {t1:13.1f} {tn:15.1f} {t1 / tn:8.2f}x {same}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Data-parallel generation for the sample and eval stages: N processes under torchrun (gloo on CPU, one
+process per GPU with NCCL), each generating a share of the batches; every process gets the gathered result
+and process 0 alone goes on to write.
+
+The outputs do not depend on the number of processes: the batches are the same prompts in the same order
+whatever N is (process r takes batches r, r + N, ...), and `generation.generate` reseeds every batch from
+its position in the whole list, so each batch decodes exactly as it would in one process (tested byte for
+byte). They do depend on the batch size, as in one process: a batch is the unit that is seeded and padded.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+
+
+def world() -> tuple[int, int]:
+    """(this process's rank, the number of processes): (0, 1) outside torchrun."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def relaunch_if_needed(module: str, num_processes: int) -> None:
+    """In the one process dvc started, with num_processes > 1: run `python -m module` as that many processes
+    under torchrun and exit with their exit code (torchrun sets OMP_NUM_THREADS=1: no oversubscription)."""
+    if num_processes > 1 and world()[1] == 1:
+        sys.exit(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 f"--nproc_per_node={num_processes}", "-m", module]).returncode)
+
+
+def init() -> None:
+    """Join the process group (a no-op in one process); each process on its own GPU where there are GPUs."""
+    if world()[1] == 1 or torch.distributed.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def finish() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def generate(model, tokenizer, prompts: list, *, batch_size: int, seed: int, label: str = "generating",
+             **decoding) -> list[dict]:
+    """`generation.generate` over this process's share of the batches, gathered in order on every process."""
+    from dpo_pipeline.models.generation import generate as generate_batches
+
+    rank, size = world()
+    if size == 1:
+        return generate_batches(model, tokenizer, prompts, batch_size=batch_size, seed=seed, label=label,
+                                **decoding)
+    starts = list(range(0, len(prompts), batch_size))
+    # A batch seeded from `seed + start` decodes as batch `start` of the whole list would in one process.
+    mine = {start: generate_batches(model, tokenizer, prompts[start:start + batch_size], batch_size=batch_size,
+                                    seed=seed + start, label=f"{label} [{rank + 1}/{size}]", **decoding)
+            for start in starts[rank::size]}
+    shares: list[dict] = [{} for _ in range(size)]
+    torch.distributed.all_gather_object(shares, mine)
+    merged = {start: rows for share in shares for start, rows in share.items()}
+    return [row for start in starts for row in merged[start]]
