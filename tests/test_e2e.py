@@ -195,11 +195,16 @@ def test_two_processes_generate_byte_for_byte_what_one_does(repo, reproduced):
     assert "Running stage 'sample'" in out and "Running stage 'eval'" in out
     assert "Running stage 'judge'" not in out  # the same samples: nothing downstream of them changed
 
-    def md5s(lock: dict) -> dict:
-        return {o["path"]: o["md5"] for stage in ("sample", "eval") for o in lock["stages"][stage]["outs"]}
+    def md5s(lock: dict) -> dict:  # eval.json aside: it names the machine, threads included (1 a process)
+        return {o["path"]: o["md5"] for stage in ("sample", "eval") for o in lock["stages"][stage]["outs"]
+                if o["path"] != "metrics/eval.json"}
 
     committed = yaml.safe_load(sh(repo, "git", "show", "HEAD:dvc.lock"))
     assert md5s(yaml.safe_load((repo / "dvc.lock").read_text())) == md5s(committed)
+    ev, before = json.loads((repo / "metrics/eval.json").read_text()), json.loads(sh(repo, "git", "show",
+                                                                                    "HEAD:metrics/eval.json"))
+    assert ev.pop("machine")["threads"] == 1 and before.pop("machine")["threads"] >= 1
+    assert ev == before  # every metric the same
 
 
 def test_queued_experiments_run_two_at_a_time(repo, reproduced):
