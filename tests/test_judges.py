@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dpo_pipeline.judging.pairs import add_label_noise, agreement, build_pairs
-from dpo_pipeline.judging.base import Verdict, pairwise_both_orders
+from dpo_pipeline.judging.base import Usage, Verdict, pairwise_both_orders
 from dpo_pipeline.judging.rubric import RubricJudge
 from dpo_pipeline.tasks import incident_triage
 
@@ -18,6 +18,9 @@ class FirstPositionJudge:
 
     name = "biased"
 
+    def __init__(self):
+        self.usage = Usage()
+
     def pairwise_all(self, items):
         return [Verdict(winner="A", reason="first") for _ in items]
 
@@ -26,6 +29,9 @@ class InvalidJudge:
     """A judge whose every answer failed validation."""
 
     name = "invalid"
+
+    def __init__(self):
+        self.usage = Usage()
 
     def pairwise_all(self, items):
         return [None for _ in items]
@@ -67,7 +73,8 @@ def test_build_pairs_keeps_winners_in_trl_format_and_counts_ties():
     assert pairs[0]["chosen"] == [{"role": "assistant", "content": GOOD}]
     assert pairs[0]["rejected"] == [{"role": "assistant", "content": WRONG}]
     assert (pairs[1]["chosen_temperature"], pairs[1]["rejected_temperature"]) == (1.2, 0.7)
-    assert counts["ties"] == 1 and counts["position_consistent"] == 3
+    # p2's two responses are identical: a tie without asking, so not counted as position-consistent
+    assert counts["ties"] == 1 and counts["position_consistent"] == 2 and counts["asked"] == 2
 
 
 def test_build_pairs_drops_position_inconsistent_and_invalid_verdicts():
