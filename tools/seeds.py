@@ -18,14 +18,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
 from dpo_pipeline.evaluation import seeds
 from dpo_pipeline.evaluation.schema import model_metrics
 from dpo_pipeline.files import read_jsonl, write_json, write_text
+from dpo_pipeline.reporting.revisions import output_file
 from dpo_pipeline.tasks import get_task
 
 
@@ -45,16 +44,14 @@ def run_experiments(train_seeds: list[int]) -> None:
 
 
 def outputs_of(name: str, eval_outputs: str) -> list[dict]:
-    """The experiment's per-prompt eval records, from the DVC cache by the md5 its dvc.lock records."""
+    """The experiment's per-prompt eval records: what its dvc.lock records, from the DVC cache or remote."""
     refs = [r for r in sh("git", "for-each-ref", "--format=%(refname)", "refs/exps/").split() if r.endswith(f"/{name}")]
     if not refs:
         raise UserError(f"no DVC experiment named {name} (run python -m tools.seeds without --collect)")
-    lock = yaml.safe_load(sh("git", "show", f"{refs[0]}:dvc.lock"))
-    md5 = next(o["md5"] for o in lock["stages"]["eval"]["outs"] if o["path"] == eval_outputs)
-    cached = Path(sh("dvc", "cache", "dir").strip()) / "files" / "md5" / md5[:2] / md5[2:]
-    if not cached.exists():
-        raise UserError(f"{eval_outputs} of experiment {name} is not in the DVC cache ({cached}); dvc pull it")
-    return read_jsonl(cached, required=("id", "sft", "dpo"))
+    path, why = output_file(refs[0], eval_outputs)
+    if path is None:
+        raise UserError(f"{eval_outputs} of experiment {name}: {why}")
+    return read_jsonl(path, required=("id", "sft", "dpo"))
 
 
 def main(params: Params) -> None:
