@@ -6,15 +6,18 @@
 # make pr-report BASE=<ref> : the markdown diff a pull request gets (the CI workflow posts it)
 # make seeds : the defaults over training seeds (the workspace's plus SEEDS="1 2") as DVC experiments; the
 #              seeds table goes to reports/seeds.md and the report says how many seeds stand behind it
+# make rounds N=2 : iterative DPO: set params.yaml's rounds, write the round stages into dvc.yaml, dvc repro
+#              (round k samples from round k-1's policy; N=1 goes back to the one-round pipeline)
 # make data  : regenerate the shipped data/ files from params.yaml's `data` section
 # make real  : the real run: SmolLM2-135M-Instruct through the whole pipeline on a CPU, as the DVC experiment
 #              `real-smollm2` (dvc exp show lists it beside the defaults); REAL_TASK=number_summary for the
-#              second task (experiment real-smollm2-number_summary)
+#              second task (experiment real-smollm2-number_summary); REAL_ROUNDS=2 for two rounds of
+#              iterative DPO (experiment real-smollm2-rounds2)
 VENV   ?= .venv
 PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run show test gate pr-report data real seeds install clean
+.PHONY: run show test gate pr-report data real seeds rounds install clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +55,12 @@ pr-report: install
 data: install
 	python -m tools.make_data
 
+N ?= 2
+rounds: install
+	python -m tools.rounds $(N)
+	dvc repro
+	python -m stages.report --show
+
 SEEDS ?= 1 2
 seeds: install
 	dvc repro
@@ -61,7 +70,8 @@ seeds: install
 # The real profile: the defaults with these changes; 18 min 11 s from a fresh clone on 2 CPU cores (README,
 # "A real model"). LoRA on a pretrained model wants a far lower rate than the tiny model trained from scratch.
 REAL_TASK ?= incident_triage
-REAL_NAME = real-smollm2$(if $(filter-out incident_triage,$(REAL_TASK)),-$(REAL_TASK))
+REAL_ROUNDS ?= 1
+REAL_NAME = real-smollm2$(if $(filter-out incident_triage,$(REAL_TASK)),-$(REAL_TASK))$(if $(filter-out 1,$(REAL_ROUNDS)),-rounds$(REAL_ROUNDS))
 REAL = -S model.base=builtin:smollm2-135m -S paths.reports=reports/$(REAL_NAME) \
        -S task.name=$(REAL_TASK) -S task.module=dpo_pipeline/tasks/$(REAL_TASK).py \
        -S sft.max_rows=256 -S sft.learning_rate=1e-3 -S sft.batch_size=8 \
@@ -75,7 +85,10 @@ REAL = -S model.base=builtin:smollm2-135m -S paths.reports=reports/$(REAL_NAME) 
 real: install
 	-dvc exp remove $(REAL_NAME) 2>/dev/null
 	rm -f reports/$(REAL_NAME).stages.jsonl
-	DPO_PIPELINE_STAGE_LOG=$(abspath reports/$(REAL_NAME).stages.jsonl) dvc exp run --temp -n $(REAL_NAME) $(REAL)
+	python -m tools.rounds $(REAL_ROUNDS)  # the experiment takes the workspace's dvc.yaml and params.yaml
+	DPO_PIPELINE_STAGE_LOG=$(abspath reports/$(REAL_NAME).stages.jsonl) dvc exp run --temp -n $(REAL_NAME) $(REAL) \
+		|| (python -m tools.rounds 1; exit 1)
+	python -m tools.rounds 1
 	git checkout $$(git for-each-ref --format='%(refname)' 'refs/exps/' | grep '/$(REAL_NAME)$$' | head -1) -- reports/$(REAL_NAME)
 	mv reports/$(REAL_NAME).stages.jsonl reports/$(REAL_NAME)/stages.jsonl
 	sed -n '1,13p' reports/$(REAL_NAME)/report.md

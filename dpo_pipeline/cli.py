@@ -4,6 +4,7 @@ place a user mistake becomes a message."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import time
 import warnings
 from typing import Callable
 
+from dpo_pipeline import rounds
 from dpo_pipeline.config import load_params
 from dpo_pipeline.errors import ServiceError, UserError
 
@@ -27,12 +29,20 @@ STAGE_LOG = "DPO_PIPELINE_STAGE_LOG"
 
 
 def run(main: Callable[..., None], needs_params: bool = True) -> None:
-    """`main(params)` with the validated params.yaml (or `main()` for a tool that reads none)."""
+    """`main(params)` with the validated params.yaml (or `main()` for a tool that reads none); a stage every
+    round of iterative DPO runs takes `round_num` too, from `--round K` (1 without it)."""
     # The libraries' deprecation chatter is for their maintainers, not for someone reading a dvc repro log.
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
-        main(load_params()) if needs_params else main()
+        if not needs_params:
+            main()
+        elif "round_num" in inspect.signature(main).parameters:
+            params, k = load_params(), round_arg(sys.argv[1:])
+            rounds.check(params, k)
+            main(params, round_num=k)
+        else:
+            main(load_params())
         if os.environ.get(STAGE_LOG):
             log_stage(os.environ[STAGE_LOG], module_of(main).rsplit(".", 1)[-1])
     except UserError as e:
@@ -41,6 +51,17 @@ def run(main: Callable[..., None], needs_params: bool = True) -> None:
     except ServiceError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def round_arg(argv: list[str]) -> int:
+    """`--round K` (the stages dvc.yaml runs for round K > 1 of iterative DPO); 1 without it."""
+    if "--round" not in argv:
+        return 1
+    i = argv.index("--round")
+    value = argv[i + 1] if i + 1 < len(argv) else ""
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"--round: expected a round number >= 1, got {value!r}")
+    return int(value)
 
 
 def module_of(main: Callable) -> str:

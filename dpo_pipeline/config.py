@@ -39,6 +39,7 @@ class Paths(Section):
     train_live: str
     reports: str  # a folder: report.md, training_curves.png, eval_bars.png
     seeds: str    # python -m tools.seeds: DPO's gain across training seeds (git-tracked; the report reads it)
+    rounds: str   # iterative DPO: round k > 1 writes its samples, pairs, adapter and metrics in <rounds>/<k>/
 
 
 class DataParams(Section):
@@ -230,6 +231,13 @@ class TrainParams(Lora):
         return self
 
 
+class IterateParams(Section):
+    """Iterative DPO: what rounds 2..`rounds` do differently from round 1 (which never reads this section)."""
+
+    prompts: Literal["reuse", "fresh"]         # reuse round 1's prompts, or take the next block of the pool
+    reference: Literal["previous", "sft"]      # DPO's reference in round k: round k-1's policy, or the SFT model
+
+
 class EvalParams(Section):
     max_prompts: int | None = Field(gt=0)  # evaluate on the first N held-out prompts (null: all)
     temperature: float = Field(ge=0)  # 0 = greedy
@@ -296,9 +304,18 @@ class Params(Section):
     preferences: PreferenceParams
     judge: JudgeParams
     train: TrainParams
+    rounds: int = Field(ge=1)  # iterative DPO: 1 is sample -> judge -> train once
+    iterate: IterateParams
     eval: EvalParams
     report: ReportParams
     gate: GateParams
+
+    @model_validator(mode="after")
+    def rounds_sample(self) -> "Params":
+        if self.rounds > 1 and not self.preferences.generated:
+            raise ValueError(f"rounds {self.rounds} needs preferences.source generated: later rounds sample from "
+                             f"the previous round's policy, a dataset ({self.preferences.source}) cannot")
+        return self
 
     @property
     def task_files(self) -> TaskFiles:

@@ -7,8 +7,10 @@ the task's rates, the judge's faithfulness and the mean length per model (as
 dpo_pipeline/evaluation/schema.py declares them) ({metric: {base, sft, dpo}}), KL(SFT+DPO || SFT)
 on the eval prompts, and pairwise preference for every pair of models (DPO vs SFT, DPO vs base, SFT vs
 base) judged in both orders, raw and length-controlled, each with a 95% bootstrap CI over prompts; the
-judge's reliability on those verdicts (dpo_pipeline/judging/reliability.py). The per-model 95% CIs go to `paths.eval_ci`; per-prompt outputs, scores and
-verdicts to `paths.eval_outputs`.
+judge's reliability on those verdicts (dpo_pipeline/judging/reliability.py). The per-model 95% CIs go to
+`paths.eval_ci`; per-prompt outputs, scores and verdicts to `paths.eval_outputs`.
+With `rounds` > 1 (iterative DPO) every round's policy is one more model ("dpo_r2", ...) on the same prompts,
+judged against SFT and against the round before, with its KL from SFT (`kl_dpo_r2_vs_sft`).
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from rich import print
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
-from dpo_pipeline.evaluation.schema import MODELS, PAIRWISE, model_metrics
+from dpo_pipeline.evaluation.schema import PAIRWISE, model_metrics, models, pairs
 from dpo_pipeline.evaluation.scoring import aggregate, pair_items, records
 from dpo_pipeline.files import read_jsonl, read_text, write_json, write_jsonl
 from dpo_pipeline.judging.base import pairwise_both_orders
 from dpo_pipeline.judging.registry import make_judge, reference_judge
 from dpo_pipeline.judging.reliability import reliability
+from dpo_pipeline.rounds import check_declared
 from dpo_pipeline.tasks import get_task
 
 
@@ -38,24 +41,18 @@ def refuse_overlap(params: Params, rows: list[dict]) -> None:
                                 f"{seen[r['prompt']]!r}; held-out prompts must be in no other split")
 
 
-def main(params: Params) -> None:
-    paths, cfg = params.paths, params.eval
-    rows = read_jsonl(params.task_files.eval_prompts, required=("id", "prompt"))[:cfg.max_prompts]
-    refuse_overlap(params, rows)
-    task = get_task(params.task)
-    judge = make_judge(params.judge, task, read_text(params.task_files.policy))
-
+def generate_all(params: Params, names: tuple[str, ...], rows: list[dict]) -> tuple[list[dict], dict, dict]:
+    """Each model's outputs on the prompts that fit the base's context (same decoding and seeds), and each DPO
+    round's KL from SFT on them (main process only)."""
     from dpo_pipeline.models import parallel
     from dpo_pipeline.models.generation import fitting
     from dpo_pipeline.models.kl import sequence_kl
-    from dpo_pipeline.models.loading import load_policy, load_tokenizer, machine
+    from dpo_pipeline.models.loading import load_policy, load_tokenizer
 
-    # --- generate with each model, same prompts, decoding params and seeds (num_processes: a share each)
-    parallel.relaunch_if_needed("stages.eval", cfg.num_processes)
-    parallel.init()
+    paths, cfg = params.paths, params.eval
     tokenizer = load_tokenizer(paths)
-    outputs, n_read = {}, len(rows)
-    for name in MODELS:
+    outputs, kls, sft = {}, {}, None
+    for name in names:
         model = load_policy(name, paths)
         if name == "base":  # one architecture, one context: the base decides what fits
             rows = [rows[i] for i in fitting(model, tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens)]
@@ -66,28 +63,53 @@ def main(params: Params) -> None:
         outputs[name] = parallel.generate(model, tokenizer, prompts, temperature=cfg.temperature, top_p=cfg.top_p,
                                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                           seed=params.seed, label=f"eval {name}")
-        if name == "dpo" and parallel.is_main():  # KL(SFT+DPO || SFT): the adapter disabled is the SFT model
-            kl = sequence_kl(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, seed=params.seed,
-                             bootstrap_samples=cfg.bootstrap_samples)
+        if name not in ("base", "sft") and parallel.is_main():
+            # KL(policy || SFT): for round 1 the adapter disabled is the SFT model; a later round's disabled
+            # adapter is the round before, so the SFT model is the reference
+            kls[name] = sequence_kl(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, seed=params.seed,
+                                    bootstrap_samples=cfg.bootstrap_samples, reference=None if name == "dpo" else sft)
+        if name == "sft" and params.rounds > 1:
+            sft = model
         del model
+    return rows, outputs, kls
+
+
+def main(params: Params) -> None:
+    paths, cfg = params.paths, params.eval
+    check_declared(params)  # rounds in params.yaml = the rounds dvc.yaml has stages for
+    names, compared = models(params.rounds), pairs(params.rounds)
+    rows = read_jsonl(params.task_files.eval_prompts, required=("id", "prompt"))[:cfg.max_prompts]
+    refuse_overlap(params, rows)
+    task = get_task(params.task)
+    judge = make_judge(params.judge, task, read_text(params.task_files.policy))
+
+    from dpo_pipeline.models import parallel
+    from dpo_pipeline.models.loading import machine
+
+    # --- generate with each model, same prompts, decoding params and seeds (num_processes: a share each)
+    parallel.relaunch_if_needed("stages.eval", cfg.num_processes)
+    parallel.init()
+    n_read = len(rows)
+    rows, outputs, kls = generate_all(params, names, rows)
     parallel.finish()
     if not parallel.is_main():
         return
 
     # --- score each response; judge each pair of models in both orders (invalid judge answers are excluded)
-    scores = judge.score_all([(row["prompt"], outputs[m][i]["text"]) for m in MODELS for i, row in enumerate(rows)])
-    items = pair_items(rows, outputs)
+    scores = judge.score_all([(row["prompt"], outputs[m][i]["text"]) for m in names for i, row in enumerate(rows)])
+    items = pair_items(rows, outputs, compared)
     judged = pairwise_both_orders(judge, items)
     # How far those verdicts can be trusted: position flips, repeats, ground truth, agreement with the rubric
     trust = reliability(judge, items, judged, repeats=params.judge.reliability_repeats, seed=params.seed, task=task,
                         reference=reference_judge(task))
     schema = model_metrics(task)
-    recs = records(rows, outputs, scores, judged, task, schema)
+    recs = records(rows, outputs, scores, judged, task, schema, names, compared)
 
     # --- aggregate: {metric: {base, sft, dpo}} for dvc metrics/exp show; the 95% CIs in their own file,
     # so `dvc exp show` stays readable
-    metrics, intervals = aggregate(recs, schema, cfg.bootstrap_samples, params.seed)
-    metrics["kl_dpo_vs_sft"] = {k: round(v, 4) for k, v in kl.items()}
+    metrics, intervals = aggregate(recs, schema, cfg.bootstrap_samples, params.seed, names, compared)
+    for name, kl in kls.items():
+        metrics[f"kl_{name}_vs_sft"] = {k: round(v, 4) for k, v in kl.items()}
     metrics |= {"n_prompts": len(recs), "dropped_too_long": n_read - len(recs),  # no room for max_new_tokens
                 "judge": {"backend": judge.name, **judge.usage.as_metrics()}, "judge_reliability": trust,
                 "machine": machine()}  # the same params give the same numbers on this kind of machine only

@@ -1,6 +1,7 @@
 """Judge the sampled responses and write the preference set in TRL's conversational preference format.
 
     python -m stages.judge          (run by `dvc repro` as stage `judge`)
+    python -m stages.judge --round 2    (stage judge_r2 of iterative DPO: round 2's samples)
     python -m tools.estimate       (before paying: calls, tokens and USD the judge and eval stages will need)
 
 Rows: {id, prompt: [user msg], chosen: [assistant msg], rejected: [assistant msg], + provenance}.
@@ -22,6 +23,7 @@ from dpo_pipeline.errors import UserError
 from dpo_pipeline.files import read_jsonl, read_text, write_json, write_jsonl
 from dpo_pipeline.judging.pairs import add_label_noise, agreement, build_pairs
 from dpo_pipeline.judging.registry import make_judge, reference_judge
+from dpo_pipeline.rounds import round_paths
 from dpo_pipeline.tasks import get_task
 
 
@@ -40,8 +42,8 @@ def from_dataset(params: Params) -> None:
           f"-> {params.paths.preferences}")
 
 
-def main(params: Params) -> None:
-    paths = params.paths
+def main(params: Params, round_num: int = 1) -> None:
+    paths = round_paths(params.paths, round_num)  # the cache is shared: a response judged in any round is paid once
     if not params.preferences.generated:
         return from_dataset(params)
     samples = read_jsonl(paths.samples, required=("id", "prompt", "responses"))

@@ -12,35 +12,45 @@ from pathlib import Path
 
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
-from dpo_pipeline.evaluation.schema import PAIRWISE, model_metrics
+from dpo_pipeline.evaluation.schema import PAIRWISE, model_metrics, models
 from dpo_pipeline.evaluation.seeds import fingerprint, verdict_line
 from dpo_pipeline.files import read_jsonl, write_text
+from dpo_pipeline.reporting.iterative import section
 from dpo_pipeline.reporting.tables import markdown, print_table
+from dpo_pipeline.rounds import check_declared, round_paths
 from dpo_pipeline.tasks import get_task
 
 
 def main(params: Params, show: bool = False) -> None:
-    paths = params.paths
+    paths, names = params.paths, models(params.rounds)
     ev, cis, judge, train = (json.loads(Path(p).read_text()) for p in (
         paths.eval_metrics, paths.eval_ci, paths.judge_metrics, paths.train_metrics))
     metrics = model_metrics(get_task(params.task))
     if show:
-        return print_table(ev, cis, metrics)
-    records = read_jsonl(paths.eval_outputs, required=("id", "prompt", "base", "sft", "dpo"))
+        return print_table(ev, cis, metrics, names)
+    check_declared(params)
+    records = read_jsonl(paths.eval_outputs, required=("id", "prompt", *names))
     # Prompts where DPO and SFT were judged different come first: that is where DPO's effect shows.
     changed = [r for r in records if r[PAIRWISE]["outcome"] != "tie"]
     examples = (changed + [r for r in records if r not in changed])[:params.report.examples]
     # The pictures sit next to the report, so the markdown's relative links work wherever it is read.
-    from dpo_pipeline.reporting.figures import bars, curves
+    from dpo_pipeline.reporting.figures import bars, by_round, curves
 
     folder = Path(paths.reports)
     folder.mkdir(parents=True, exist_ok=True)
     curves(Path(paths.train_live) / "plots" / "metrics", folder / "training_curves.png")
     bars(ev, cis, metrics, folder / "eval_bars.png")
+    rounds = []  # iterative DPO: each round's pairs and training, beside eval's verdicts on it
+    if params.rounds > 1:
+        rounds = [{"round": k, **{name: json.loads(Path(p).read_text()) for name, p in (
+            ("judge", round_paths(paths, k).judge_metrics), ("train", round_paths(paths, k).train_metrics))}}
+            for k in range(1, params.rounds + 1)]
+        by_round(ev, cis, metrics, [r["train"] for r in rounds], folder / "rounds.png")
     seeds = json.loads(Path(paths.seeds).read_text()) if Path(paths.seeds).exists() else None
     write_text(folder / "report.md", markdown(ev, cis, judge, train, examples, params.report, metrics,
                                               params.preferences.generated,
-                                              verdict_line(seeds, fingerprint(params.model_dump()))))
+                                              verdict_line(seeds, fingerprint(params.model_dump())), names,
+                                              section(ev, rounds, params.report) if rounds else []))
     print(f"report: {folder / 'report.md'} (the table: python -m stages.report --show)")
 
 

@@ -1,12 +1,14 @@
 """Sample `sample.num_candidates` responses per prompt from the SFT model, one at each of `sample.temperatures`.
 
     python -m stages.sample         (run by `dvc repro` as stage `sample`)
+    python -m stages.sample --round 2   (stage sample_r2 of iterative DPO: from round 1's policy)
 
 Output rows: {id, prompt, responses: [{text, temperature, tokens}, ...]}, the judge's input. When the
 preference pairs come from a dataset (`preferences.source` is not `generated`) there is nothing to sample:
 the stage writes an empty file and loads no model. With `sample.num_processes` > 1 the stage re-launches
 itself under torchrun and each process generates a share of the batches; the output is byte-identical to one
-process's (dpo_pipeline/models/parallel.py).
+process's (dpo_pipeline/models/parallel.py). Round k > 1 of iterative DPO samples from round k-1's policy, on
+the prompts `iterate.prompts` gives it, with seeds of its own (dpo_pipeline/rounds.py).
 """
 
 from __future__ import annotations
@@ -19,24 +21,26 @@ from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
 from dpo_pipeline.files import read_jsonl, write_jsonl
+from dpo_pipeline.rounds import prompt_block, round_paths
 
 
-def main(params: Params) -> None:
-    paths, cfg = params.paths, params.sample
+def main(params: Params, round_num: int = 1) -> None:
+    paths, cfg = round_paths(params.paths, round_num), params.sample
     if not params.preferences.generated:
         write_jsonl(paths.samples, [])
         print(f"[bold]sample[/]: skipped, the preference pairs come from {params.preferences.source}")
         return
-    rows = read_jsonl(params.task_files.prompts, required=("id", "prompt"))[:cfg.max_prompts]
+    rows = read_jsonl(params.task_files.prompts, required=("id", "prompt"))
+    rows = rows[prompt_block(params, round_num, len(rows))]
 
     from dpo_pipeline.models import parallel
     from dpo_pipeline.models.generation import fitting
-    from dpo_pipeline.models.loading import load_policy, load_tokenizer
+    from dpo_pipeline.models.loading import load_merged, load_tokenizer
 
     parallel.relaunch_if_needed("stages.sample", cfg.num_processes)  # inputs checked once, then N processes
     parallel.init()
     tokenizer = load_tokenizer(paths)
-    model = load_policy("sft", paths)
+    model = load_merged(params.paths, round_num - 1).eval()  # round 1: the SFT model; round k: round k-1's policy
     keep = fitting(model, tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens)
     if len(keep) < len(rows):
         print(f"[bold]sample[/]: dropped {len(rows) - len(keep)} prompts too long for the model's context with "
@@ -49,7 +53,8 @@ def main(params: Params) -> None:
     start = time.time()
     by_temp = [
         parallel.generate(model, tokenizer, prompts, temperature=t, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                          batch_size=cfg.batch_size, seed=params.seed + 1000 * i, label=f"sampling T={t}")
+                          batch_size=cfg.batch_size, seed=params.seed + 1000 * i + 100_003 * (round_num - 1),
+                          label=f"sampling T={t}" + (f", round {round_num}" if round_num > 1 else ""))
         for i, t in enumerate(cfg.temperatures)
     ]
     parallel.finish()

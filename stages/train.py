@@ -1,6 +1,7 @@
 """DPO-train a LoRA adapter on top of the SFT model with TRL's DPOTrainer.
 
     python -m stages.train          (run by `dvc repro` as stage `train`)
+    python -m stages.train --round 2    (stage train_r2 of iterative DPO: on top of round 1's policy)
 
 With `train.num_processes` > 1 the stage re-launches itself under torchrun (gloo on CPU, NCCL on GPUs): each
 process trains on its share of every batch (the global batch stays `train.batch_size`), and process 0 alone
@@ -10,6 +11,9 @@ The SFT adapter is merged into the base weights, and a fresh LoRA adapter is tra
 `ref_model=None` TRL computes the reference log-probs with the adapter disabled, i.e. the reference policy
 is exactly the SFT model: rewards start at ~0 (metrics/train.json keeps the first logged value).
 A held-out slice of the pairs is the eval set, so the validation reward gap is logged too.
+Round k > 1 of iterative DPO merges rounds 1..k-1's adapters into the SFT model and trains a fresh adapter on
+top of that policy; its reference is that same policy (adapter disabled, `iterate.reference: previous`) or
+the SFT model, loaded beside it (`sft`).
 Training curves go through transformers' DVCLive callback to `paths.train_live` (dvc plots show).
 """
 
@@ -28,6 +32,7 @@ from dpo_pipeline import cli
 from dpo_pipeline.config import Params, TrainParams
 from dpo_pipeline.errors import UserError
 from dpo_pipeline.files import atomic_path, read_jsonl, write_json
+from dpo_pipeline.rounds import round_paths
 
 
 def split_pairs(rows: list[dict], cfg: TrainParams, seed: int):
@@ -43,15 +48,15 @@ def split_pairs(rows: list[dict], cfg: TrainParams, seed: int):
     return split, steps
 
 
-def main(params: Params) -> None:
-    paths, cfg = params.paths, params.train
+def main(params: Params, round_num: int = 1) -> None:
+    paths, cfg = round_paths(params.paths, round_num), params.train
     rows = read_jsonl(paths.preferences, required=("prompt", "chosen", "rejected"), strings=())  # message lists
 
     from dvclive import Live
     from transformers import PrinterCallback, set_seed
     from trl import DPOTrainer
 
-    from dpo_pipeline.models.loading import load_policy, load_tokenizer
+    from dpo_pipeline.models.loading import load_merged, load_sft, load_tokenizer
     from dpo_pipeline.models.lora import lora_config, save_adapter
     from dpo_pipeline.models.dpo import dpo_config, live_callback, summarize
     from dpo_pipeline.models.kl import KLMonitor
@@ -63,11 +68,14 @@ def main(params: Params) -> None:
     world = int(os.environ.get("WORLD_SIZE", 1))
     if cfg.num_processes > 1 and world == 1:  # checked the inputs here once; now the real run, N processes
         sys.exit(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                 f"--nproc_per_node={cfg.num_processes}", "-m", "stages.train"]).returncode)
+                                 f"--nproc_per_node={cfg.num_processes}", "-m", "stages.train",
+                                 *sys.argv[1:]]).returncode)
     main_process = int(os.environ.get("RANK", 0)) == 0
-    # --- model & tokenizer: the SFT model (merged), a fresh LoRA goes on top
+    # --- model & tokenizer: the SFT model (merged; round k: round k-1's policy), a fresh LoRA goes on top
     tokenizer = load_tokenizer(paths)
-    model = load_policy("sft", paths).train()
+    model = load_merged(params.paths, round_num - 1).train()
+    # None: the adapter disabled, i.e. the policy this round starts from; else the SFT model beside it
+    reference = load_sft(paths).eval() if round_num > 1 and params.iterate.reference == "sft" else None
     # --- training
     start = time.time()
     if main_process:
@@ -78,14 +86,15 @@ def main(params: Params) -> None:
         lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
         live = Live(dir=paths.train_live, dvcyaml=None, save_dvc_exp=False) if main_process else None
         kl_monitor = KLMonitor(tokenizer, [r["prompt"] for r in split["test"]][:cfg.kl_prompts], every=cfg.kl_every,
-                               max_new_tokens=cfg.kl_max_new_tokens, seed=params.seed, live=live)
-        trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=split["train"],
+                               max_new_tokens=cfg.kl_max_new_tokens, seed=params.seed, live=live,
+                               reference=reference)
+        trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=split["train"],
                              eval_dataset=split["test"], processing_class=tokenizer, peft_config=lora,
                              callbacks=[live_callback(live), kl_monitor, TrainingProgress("DPO")] if main_process
                              else [])
         trainer.remove_callback(PrinterCallback)  # the log dicts go to dvclive, not the terminal
         if main_process:
-            kl_monitor.start()  # 0 by construction: the fresh adapter starts as the reference
+            kl_monitor.start(trainer.model)  # 0 by construction when the fresh adapter starts as the reference
         trainer.train()
         if not main_process:
             return

@@ -289,3 +289,26 @@ def test_the_dry_run_counts_one_call_per_candidate_beyond_two(tmp_path):
     assert line.split("│")[2].strip() == "90"  # 30 prompts x 3 candidates
     line = next(x for x in proc.stdout.splitlines() if "eval (judge reliability, asked again)" in x)
     assert line.split("│")[2].strip() == "1"  # judge.reliability_repeats, but there is one eval prompt
+
+
+def test_the_dry_run_shows_each_round_of_iterative_dpo(tmp_path):
+    """Judge cost grows with rounds: a judge row a round (round 2 not yet sampled: its prompts at worst-case
+    length), and eval a model and two pairs more."""
+    work = stage_dir(tmp_path, "http://127.0.0.1:9")
+    raw = yaml.safe_load((work / "params.yaml").read_text())
+    raw["rounds"] = 2
+    (work / "params.yaml").write_text(yaml.safe_dump(raw))
+    (work / raw["paths"]["samples"]).write_text("".join(json.dumps(r) + "\n" for r in samples(30)))
+    for name in ("eval.jsonl", "prompts.jsonl"):
+        (work / "data" / "incident_triage" / name).write_text(
+            "".join(json.dumps({"id": f"e{i}", "prompt": f"x{i}"}) + "\n" for i in range(4)))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "COLUMNS": "200"}
+    env.pop("ANTHROPIC_API_KEY", None)
+    proc = subprocess.run([sys.executable, "-m", "tools.estimate"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    calls = {x.split("│")[1].strip(): x.split("│")[2].strip() for x in proc.stdout.splitlines() if x.count("│") > 3}
+    assert calls["judge (pairwise, both orders, round 1)"] == "40"  # 30 sampled, 10 identical pairs: no request
+    assert calls["judge (pairwise, both orders, round 2)"] == "8"   # iterate.prompts reuse: the 4 prompts again
+    assert calls["eval (faithfulness, 4 models)"] == "16"
+    assert calls["eval (5 pairs of models, both orders)"] == "40"

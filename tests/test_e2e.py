@@ -361,3 +361,48 @@ def test_my_gpt2_model_my_sft_adapter_and_an_ultrafeedback_parquet(repo, reprodu
     assert set(ev["faithfulness"]) == {"base", "sft", "dpo"}
     report = (repo / "reports/report.md").read_text()
     assert "| Metric | Base | SFT | SFT+DPO | Δ DPO over SFT |" in report and "30 pairs from" in report
+
+
+def test_two_rounds_of_iterative_dpo(repo, reproduced):
+    """Round 2 samples from round 1's policy and trains on top of it; round 1 is not re-run; eval compares
+    every round; a later round's setting re-runs that round only."""
+    baseline_params(repo)
+    committed = (repo / "metrics" / "eval.json").read_text()
+    sh(repo, sys.executable, "-m", "tools.rounds", "2")
+    try:
+        out = sh(repo, "dvc", "repro")
+        for stage in ("prepare", "sft", "sample", "judge", "train"):
+            assert f"Running stage '{stage}'" not in out
+        for stage in ("sample_r2", "judge_r2", "train_r2", "eval", "report"):
+            assert f"Running stage '{stage}'" in out
+        ev = json.loads((repo / "metrics" / "eval.json").read_text())
+        assert set(ev["faithfulness"]) == {"base", "sft", "dpo", "dpo_r2"}
+        for key in ("pairwise_dpo_vs_sft", "pairwise_dpo_r2_vs_sft", "pairwise_dpo_r2_vs_dpo"):
+            assert 0 <= ev[key]["ci_low"] <= ev[key]["win_rate"] <= ev[key]["ci_high"] <= 1
+        assert ev["kl_dpo_r2_vs_sft"]["kl"] > 0
+        # round 1's numbers are the same models on the same prompts: unchanged by a second round
+        before = json.loads(committed)
+        assert ev["pairwise_dpo_vs_sft"] == before["pairwise_dpo_vs_sft"]
+        assert ev["kl_dpo_vs_sft"] == before["kl_dpo_vs_sft"]
+        # round 2 sampled its own responses, from round 1's policy
+        first = [json.loads(x) for x in (repo / "artifacts" / "samples.jsonl").read_text().splitlines()]
+        second = [json.loads(x) for x in (repo / "rounds" / "2" / "samples.jsonl").read_text().splitlines()]
+        assert [r["prompt"] for r in second] == [r["prompt"] for r in first]  # iterate.prompts: reuse
+        assert [r["responses"] for r in second] != [r["responses"] for r in first]
+        report = (repo / "reports" / "report.md").read_text()
+        assert "## Iterative DPO: 2 rounds" in report and (repo / "reports" / "rounds.png").stat().st_size > 0
+        assert "DPO round 2" in report.splitlines()[4]  # the table's header has a column for round 2
+        # the reference of later rounds is a setting of those rounds only
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["iterate"]["reference"] = "sft"
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert set(json.loads(sh(repo, "dvc", "status", "--json"))) == {"train_r2"}
+        # `dvc exp run -S rounds=3` alone cannot add stages: eval says what to run
+        params["rounds"] = 3
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        proc = subprocess.run([sys.executable, "-m", "stages.eval"], cwd=repo, env=environ(), capture_output=True,
+                              text=True)
+        assert proc.returncode == 2 and "python -m tools.rounds 3" in proc.stderr, proc.stderr
+    finally:
+        sh(repo, "git", "checkout", "HEAD", "--", "params.yaml", "dvc.yaml", "dvc.lock")
+        sh(repo, "dvc", "checkout", "-f")

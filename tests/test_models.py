@@ -85,6 +85,10 @@ def test_kl_of_a_fresh_adapter_is_zero_and_grows_when_it_changes(micro):
     assert moved["kl"] > 0.01 and moved["kl_per_token"] > 0  # a KL estimate from samples of the policy
     assert moved["kl_ci_low"] < moved["kl"] < moved["kl_ci_high"]  # with its noise over the 8 sequences
     assert torch.equal(torch.random.get_rng_state(), state)  # measuring leaves the caller's RNG alone
+    # A separate reference model (a later DPO round against SFT) gives the same estimate when it is the same
+    # weights as the disabled adapter
+    base = AutoModelForCausalLM.from_pretrained(path).eval()
+    assert sequence_kl(model, tok, prompts, **kw, reference=base)["kl"] == pytest.approx(moved["kl"], abs=1e-4)
 
 
 def test_prompts_too_long_for_the_context_are_found_not_crashed_on(micro):

@@ -7,7 +7,9 @@ Needs no API key and sends nothing. For the judge stage it uses the sampled resp
 eval stage, the held-out prompts with worst-case-length responses, and the `judge.reliability_repeats` of
 them asked again for self-consistency. Output tokens are counted at `judge.max_tokens`, so the USD figure
 is an upper estimate. In batch mode it also shows how many Message Batches each job takes (100,000
-requests or 256 MB each, or `judge.batch_max_requests`).
+requests or 256 MB each, or `judge.batch_max_requests`). With `rounds` > 1 (iterative DPO) each round's judge
+stage is a row of its own (its samples once sampled, else its prompts at worst-case length), and eval grows by
+a model and two pairs a round; the cache keeps a re-run from paying twice for what it already asked.
 """
 
 from __future__ import annotations
@@ -20,41 +22,54 @@ from rich.table import Table
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.files import read_jsonl, read_text
+from dpo_pipeline.evaluation.schema import models
+from dpo_pipeline.evaluation.schema import pairs as eval_pairs
 from dpo_pipeline.judging.base import Estimate
 from dpo_pipeline.judging.registry import make_judge
 from dpo_pipeline.judging.reliability import repeat_sample
+from dpo_pipeline.rounds import prompt_block, round_paths
 from dpo_pipeline.tasks import get_task
 
 
+def candidates(params: Params, k: int) -> list[tuple[str, list[str]]]:
+    """Round k's (prompt, responses): sampled already, or its prompts with worst-case-length responses."""
+    samples = round_paths(params.paths, k).samples
+    if Path(samples).exists() and Path(samples).stat().st_size:
+        return [(r["prompt"], [x["text"] for x in r["responses"]])
+                for r in read_jsonl(samples, required=("prompt", "responses"))]
+    worst = "x" * (params.sample.max_new_tokens * 4)  # ~4 characters a token
+    pool = read_jsonl(params.task_files.prompts, required=("prompt",))
+    return [(r["prompt"], [worst + " " * i for i in range(params.sample.num_candidates)])
+            for r in pool[prompt_block(params, k, len(pool))]]
+
+
 def main(params: Params) -> None:
-    paths, cfg = params.paths, params.judge
+    cfg = params.judge
     judge = make_judge(cfg, get_task(params.task), read_text(params.task_files.policy), send=False)
-    worst_sample = "x" * (params.sample.max_new_tokens * 4)  # ~4 characters a token
     worst_eval = "x" * (params.eval.max_new_tokens * 4)
     k = params.sample.num_candidates
-    if Path(paths.samples).exists() and Path(paths.samples).stat().st_size:
-        candidates = [(r["prompt"], [x["text"] for x in r["responses"]])
-                      for r in read_jsonl(paths.samples, required=("prompt", "responses"))]
-    else:
-        candidates = [(r["prompt"], [worst_sample + " " * i for i in range(k)])
-                      for r in read_jsonl(params.task_files.prompts, required=("prompt",))]
     prompts = [r["prompt"] for r in read_jsonl(params.task_files.eval_prompts,
                                                 required=("prompt",))][:params.eval.max_prompts]
     rows: dict[str, Estimate] = {}
     if not params.preferences.generated:
         print(f"preferences.source is {params.preferences.source}: the judge stage judges nothing")
-    elif k == 2:
-        pairs = [(p, a, b) for p, (a, b) in candidates]
-        rows["judge (pairwise, both orders)"] = judge.estimate("pairwise", pairs + [(p, b, a) for p, a, b in pairs])
-    else:
-        rows[f"judge (score {k} candidates, best vs worst)"] = judge.estimate(
-            "score", [(p, text) for p, texts in candidates for text in texts])
+    for r in range(1, params.rounds + 1) if params.preferences.generated else ():
+        suffix = f", round {r}" if params.rounds > 1 else ""
+        if k == 2:
+            pairs = [(p, a, b) for p, (a, b) in candidates(params, r)]
+            rows[f"judge (pairwise, both orders{suffix})"] = judge.estimate(
+                "pairwise", pairs + [(p, b, a) for p, a, b in pairs])
+        else:
+            rows[f"judge (score {k} candidates, best vs worst{suffix})"] = judge.estimate(
+                "score", [(p, text) for p, texts in candidates(params, r) for text in texts])
+    n_models, n_pairs = len(models(params.rounds)), len(eval_pairs(params.rounds))
     rows |= {
-        "eval (faithfulness, 3 models)": judge.estimate("score", [(p, worst_eval + m) for m in "abc"
-                                                                  for p in prompts]),
-        # DPO vs SFT, DPO vs base, SFT vs base (evaluation.schema.PAIRS), each in both orders
-        "eval (3 pairs of models, both orders)": judge.estimate("pairwise", [(p, worst_eval, worst_eval + o)
-                                                                             for o in "abcdef" for p in prompts]),
+        f"eval (faithfulness, {n_models} models)": judge.estimate(
+            "score", [(p, worst_eval + str(m)) for m in range(n_models) for p in prompts]),
+        # DPO vs SFT, DPO vs base, SFT vs base, and each later round vs SFT and vs the round before
+        # (evaluation.schema.pairs), each in both orders
+        f"eval ({n_pairs} pairs of models, both orders)": judge.estimate(
+            "pairwise", [(p, worst_eval, worst_eval + str(o)) for o in range(2 * n_pairs) for p in prompts]),
     }
     if cfg.reliability_repeats:  # judge reliability: a seeded sample of eval's pairs asked again
         again = repeat_sample(list(range(len(prompts))), cfg.reliability_repeats, params.seed)

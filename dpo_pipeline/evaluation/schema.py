@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from dpo_pipeline.rounds import model_key, round_of
 from dpo_pipeline.tasks import Task
 
 MODELS = ("base", "sft", "dpo")
@@ -21,10 +22,36 @@ PAIRS = {"pairwise_dpo_vs_sft": ("dpo", "sft"), "pairwise_dpo_vs_base": ("dpo", 
 PAIRWISE = "pairwise_dpo_vs_sft"
 
 
+def models(rounds: int = 1) -> tuple[str, ...]:
+    """The models eval compares: base, SFT, round 1's SFT+DPO, then each later round's policy."""
+    return MODELS + tuple(model_key(k) for k in range(2, rounds + 1))
+
+
+def pairs(rounds: int = 1) -> dict[str, tuple[str, str]]:
+    """PAIRS, then for each later round: that round vs SFT, and vs the round before (did it still help?)."""
+    out = dict(PAIRS)
+    for k in range(2, rounds + 1):
+        this, before = model_key(k), model_key(k - 1)
+        out[f"pairwise_{this}_vs_sft"] = (this, "sft")
+        out[f"pairwise_{this}_vs_{before}"] = (this, before)
+    return out
+
+
+def model_label(name: str) -> str:
+    """"SFT+DPO" for round 1 (as ever), "DPO round 2" for later rounds."""
+    return MODEL_LABELS.get(name) or f"DPO round {round_of(name)}"
+
+
 def pair_label(key: str) -> str:
     """"SFT+DPO vs SFT"."""
-    first, second = PAIRS[key]
-    return f"{MODEL_LABELS[first]} vs {MODEL_LABELS[second]}"
+    first, second = PAIRS.get(key) or pair_models(key)
+    return f"{model_label(first)} vs {model_label(second)}"
+
+
+def pair_models(key: str) -> tuple[str, str]:
+    """"pairwise_dpo_r3_vs_dpo_r2" -> ("dpo_r3", "dpo_r2")."""
+    first, second = key.removeprefix("pairwise_").split("_vs_")
+    return first, second
 
 
 @dataclass(frozen=True)

@@ -15,22 +15,25 @@ from dpo_pipeline.tasks import Task
 OUTCOMES = {"A": "win", "B": "loss", "tie": "tie"}  # the verdict on (first, second), as the first's outcome
 
 
-def pair_items(rows: list[dict], outputs: dict[str, list[dict]]) -> list[tuple[str, str, str]]:
-    """(prompt, first's text, second's text) for every pair of models (PAIRS order), one pair after another."""
+def pair_items(rows: list[dict], outputs: dict[str, list[dict]],
+               pairs: dict[str, tuple[str, str]] = PAIRS) -> list[tuple[str, str, str]]:
+    """(prompt, first's text, second's text) for every pair of models (`pairs` order), one pair after another."""
     return [(row["prompt"], outputs[a][i]["text"], outputs[b][i]["text"])
-            for a, b in PAIRS.values() for i, row in enumerate(rows)]
+            for a, b in pairs.values() for i, row in enumerate(rows)]
 
 
 def records(rows: list[dict], outputs: dict[str, list[dict]], scores: list[Score | None], judged: list[Judged],
-            task: Task, metrics: list[Metric]) -> list[dict]:
+            task: Task, metrics: list[Metric], models: tuple[str, ...] = MODELS,
+            pairs: dict[str, tuple[str, str]] = PAIRS) -> list[dict]:
     """One record a prompt: each model's text, tokens, heuristic metrics and judge score, and each pair's
-    verdict. `scores` holds the models' scores one model after another, in MODELS order; `judged` the pairs'
-    verdicts one pair after another, in PAIRS order (`pair_items`)."""
+    verdict. `scores` holds the models' scores one model after another, in `models` order; `judged` the pairs'
+    verdicts one pair after another, in `pairs` order (`pair_items`). More than MODELS and PAIRS: the later
+    rounds of iterative DPO (schema.models, schema.pairs)."""
     declared = {m.source_field for m in metrics} - {"tokens", FAITHFULNESS.key}
     out = []
     for i, row in enumerate(rows):
         rec = {"id": row["id"], "prompt": row["prompt"]}
-        for k, name in enumerate(MODELS):
+        for k, name in enumerate(models):
             text, score = outputs[name][i]["text"], scores[k * len(rows) + i]
             heuristics = task.response_metrics(row["prompt"], text)
             if set(heuristics) != declared:  # the schema is the task's METRICS: what it computes must match
@@ -38,7 +41,7 @@ def records(rows: list[dict], outputs: dict[str, list[dict]], scores: list[Score
                                 f"declares {sorted(declared)}")
             rec[name] = {"text": text, "tokens": outputs[name][i]["tokens"], **heuristics,
                          FAITHFULNESS.key: None if score is None else score.score}
-        for k, key in enumerate(PAIRS):
+        for k, key in enumerate(pairs):
             j = judged[k * len(rows) + i]
             rec[key] = {"outcome": None if j.verdict is None else OUTCOMES[j.verdict.winner],
                         "reason": j.verdict and j.verdict.reason, "consistent": j.consistent}
@@ -46,9 +49,11 @@ def records(rows: list[dict], outputs: dict[str, list[dict]], scores: list[Score
     return out
 
 
-def aggregate(recs: list[dict], metrics: list[Metric], bootstrap_samples: int, seed: int) -> tuple[dict, dict]:
+def aggregate(recs: list[dict], metrics: list[Metric], bootstrap_samples: int, seed: int,
+              models: tuple[str, ...] = MODELS, pairs: dict[str, tuple[str, str]] = PAIRS) -> tuple[dict, dict]:
     """(eval.json's per-model metrics and pairwise summary, the 95% CIs). Invalid judge answers (None) are
-    left out of the means; the DPO - SFT CI is paired over the prompts both have."""
+    left out of the means; the DPO - SFT CI is paired over the prompts both have (and each later round's,
+    `delta_dpo_r<k>_sft`)."""
     def values(model: str, m: Metric) -> list[float]:
         return [r[model][m.source_field] for r in recs if r[model][m.source_field] is not None]
 
@@ -61,13 +66,14 @@ def aggregate(recs: list[dict], metrics: list[Metric], bootstrap_samples: int, s
     out, intervals = {}, {}
     for m in ordered:
         digits = 4 if m.per_prompt else 2
-        out[m.key] = {model: round(float(np.mean(values(model, m))), digits) for model in MODELS}
+        out[m.key] = {model: round(float(np.mean(values(model, m))), digits) for model in models}
         if m.per_prompt:
-            intervals[m.key] = {model: ci95(values(model, m)) for model in MODELS}
+            intervals[m.key] = {model: ci95(values(model, m)) for model in models}
             f = m.source_field
-            intervals[m.key]["delta_dpo_sft"] = ci95([r["dpo"][f] - r["sft"][f] for r in recs
-                                                      if r["dpo"][f] is not None and r["sft"][f] is not None])
-    for key, (a, b) in PAIRS.items():
+            for policy in models[2:]:  # each DPO round
+                intervals[m.key][f"delta_{policy}_sft"] = ci95([r[policy][f] - r["sft"][f] for r in recs if
+                                                                r[policy][f] is not None and r["sft"][f] is not None])
+    for key, (a, b) in pairs.items():
         judged = [r for r in recs if r[key]["outcome"]]
         outcomes = [r[key]["outcome"] for r in judged]
         out[key] = pairwise_summary(outcomes, bootstrap_samples, seed)

@@ -21,8 +21,9 @@ from dpo_pipeline.evaluation.stats import OUTCOME, bootstrap_ci
 
 def fingerprint(params: dict) -> str:
     """The params a seeds result stands for: everything a stage reads but the training seed (not where files
-    go, the gate's bands or the data generator's settings)."""
-    kept = {k: v for k, v in params.items() if k not in ("paths", "gate", "data")}
+    go, the gate's bands or the data generator's settings; nor the later rounds of iterative DPO: the seeds
+    measure round 1's gain, which they cannot change)."""
+    kept = {k: v for k, v in params.items() if k not in ("paths", "gate", "data", "rounds", "iterate")}
     kept["train"] = {k: v for k, v in kept.get("train", {}).items() if k != "seed"}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

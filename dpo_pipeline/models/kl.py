@@ -12,9 +12,10 @@ from dpo_pipeline.models.generation import chat_prompts
 
 @torch.no_grad()
 def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max_new_tokens: int, seed: int,
-                batch_size: int = 64, bootstrap_samples: int = 1000) -> dict:
+                batch_size: int = 64, bootstrap_samples: int = 1000, reference=None) -> dict:
     """Monte-Carlo KL(policy || reference) for a PEFT model whose reference is the model with its adapter
-    disabled: sample y ~ policy(.|x) at temperature 1, sum log policy(y_t) - log reference(y_t) over y's tokens,
+    disabled, or the model `reference` when given (a later DPO round against the SFT model): sample
+    y ~ policy(.|x) at temperature 1, sum log policy(y_t) - log reference(y_t) over y's tokens,
     average over sequences ("kl"); "kl_per_token" divides by the tokens instead. One sequence a prompt is a
     noisy estimate: "kl_ci_low" / "kl_ci_high" bound it (95% bootstrap over the sampled sequences)."""
     was_training = model.training
@@ -25,7 +26,8 @@ def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
         for start in range(0, len(prompts), batch_size):
             torch.manual_seed(seed + start)
-            batch_kl, batch_tokens = _log_ratio(model, tokenizer, prompts[start:start + batch_size], max_new_tokens)
+            batch_kl, batch_tokens = _log_ratio(model, tokenizer, prompts[start:start + batch_size], max_new_tokens,
+                                                reference)
             per_sequence, tokens = per_sequence + batch_kl, tokens + batch_tokens
     model.train(was_training)
     total = float(np.sum(per_sequence))
@@ -34,7 +36,7 @@ def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max
 
 
 @torch.no_grad()
-def _log_ratio(model, tokenizer, prompts: list, max_new_tokens: int) -> tuple[list[float], int]:
+def _log_ratio(model, tokenizer, prompts: list, max_new_tokens: int, reference=None) -> tuple[list[float], int]:
     """Each sampled response's sum of log policy - log reference, and the number of response tokens."""
     texts = chat_prompts(tokenizer, prompts)
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -48,34 +50,41 @@ def _log_ratio(model, tokenizer, prompts: list, max_new_tokens: int) -> tuple[li
     mask = torch.cat([enc["attention_mask"], response.long()], dim=1)
     positions = (mask.cumsum(1) - 1).clamp(min=0)  # left padding: positions count real tokens only
 
-    def logprobs() -> torch.Tensor:
-        logits = model(input_ids=seqs, attention_mask=mask, position_ids=positions).logits[:, prompt_len - 1:-1]
+    def logprobs(m) -> torch.Tensor:
+        logits = m(input_ids=seqs, attention_mask=mask, position_ids=positions).logits[:, prompt_len - 1:-1]
         return torch.log_softmax(logits.float(), -1).gather(-1, gen.unsqueeze(-1)).squeeze(-1)
 
-    policy = logprobs()
-    with model.disable_adapter():
-        reference = logprobs()
-    return ((policy - reference) * response).sum(1).tolist(), int(response.sum().item())
+    policy = logprobs(model)
+    if reference is None:
+        with model.disable_adapter():
+            ref = logprobs(model)
+    else:
+        ref = logprobs(reference)
+    return ((policy - ref) * response).sum(1).tolist(), int(response.sum().item())
 
 
 class KLMonitor(TrainerCallback):
     """Every `every` steps: KL(policy || SFT reference) on held-out prompts, logged to `live` beside the
     rewards. `live` None (a non-main process): never measures."""
 
-    def __init__(self, tokenizer, prompts: list, *, every: int, max_new_tokens: int, seed: int, live=None):
-        self.tokenizer, self.prompts, self.every = tokenizer, prompts, every
+    def __init__(self, tokenizer, prompts: list, *, every: int, max_new_tokens: int, seed: int, live=None,
+                 reference=None):
+        self.tokenizer, self.prompts, self.every, self.reference = tokenizer, prompts, every, reference
         self.max_new_tokens, self.seed, self.live = max_new_tokens, seed, live
         self.history: list[dict] = []
 
-    def start(self) -> None:
-        """Step 0, without sampling: a fresh LoRA adapter starts with B = 0, so the policy IS the reference and
-        the KL is exactly 0 (tested; measured, it was 0.0 to the last bit). On the real model the stage
-        with two measurements took 28 s longer than a bare TRL script in bench/train.py's 5-step run."""
+    def start(self, model) -> None:
+        """Step 0. Against the disabled adapter, without sampling: a fresh LoRA adapter starts with B = 0, so
+        the policy IS the reference and the KL is exactly 0 (tested; measured, it was 0.0 to the last bit). On
+        the real model the stage with two measurements took 28 s longer than a bare TRL script in
+        bench/train.py's 5-step run. Against a separate reference model (a later round against SFT), measured."""
+        if self.reference is not None:
+            return self.measure(model, 0)
         self.record(0, {"kl": 0.0, "kl_per_token": 0.0, "kl_ci_low": 0.0, "kl_ci_high": 0.0})
 
     def measure(self, model, step: int) -> None:
         self.record(step, sequence_kl(model, self.tokenizer, self.prompts, max_new_tokens=self.max_new_tokens,
-                                      seed=self.seed))
+                                      seed=self.seed, reference=self.reference))
 
     def record(self, step: int, kl: dict) -> None:
         self.history.append({"step": step, **kl})

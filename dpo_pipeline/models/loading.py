@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from dpo_pipeline.config import Paths
 from dpo_pipeline.errors import UserError
+from dpo_pipeline.rounds import adapters, round_of
 
 MANIFEST = "manifest.json"
 # Used when a tokenizer has none (e.g. GPT-2): the builtin template's layout, ending each turn with the
@@ -145,6 +146,27 @@ def load_dpo(paths: Paths) -> PreTrainedModel:
     return PeftModel.from_pretrained(load_sft(paths), paths.dpo_model)
 
 
+def load_merged(paths: Paths, k: int) -> PreTrainedModel:
+    """Round k's policy as plain weights: the SFT model with the DPO adapters of rounds 1..k merged in turn
+    (k = 0: the SFT model). Round k+1 samples from it and trains its own adapter on top of it."""
+    from peft import PeftModel
+
+    model = load_sft(paths)
+    for adapter in adapters(paths, k):
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return model
+
+
+def load_round(paths: Paths, k: int) -> PreTrainedModel:
+    """Round k's policy with its own adapter left unmerged (disabled, it is round k-1's policy): as eval loads
+    it. Round 1 is load_dpo."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_merged(paths, k - 1), adapters(paths, k)[-1])
+
+
 def load_policy(name: str, paths: Paths) -> PreTrainedModel:
-    model = {"base": load_base, "sft": load_sft, "dpo": load_dpo}[name](paths)
+    """"base", "sft", "dpo" (round 1) or a later round's "dpo_r<k>" (dpo_pipeline/rounds.py)."""
+    loaders = {"base": load_base, "sft": load_sft, "dpo": load_dpo}
+    model = loaders[name](paths) if name in loaders else load_round(paths, round_of(name))
     return model.eval()

@@ -27,11 +27,12 @@ def is_main() -> bool:
 
 
 def relaunch_if_needed(module: str, num_processes: int) -> None:
-    """In the one process dvc started, with num_processes > 1: run `python -m module` as that many processes
-    under torchrun and exit with their exit code (torchrun sets OMP_NUM_THREADS=1: no oversubscription)."""
+    """In the one process dvc started, with num_processes > 1: run `python -m module` (with this process's
+    arguments, e.g. `--round 2`) as that many processes under torchrun and exit with their exit code (torchrun
+    sets OMP_NUM_THREADS=1: no oversubscription)."""
     if num_processes > 1 and world()[1] == 1:
         sys.exit(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                 f"--nproc_per_node={num_processes}", "-m", module]).returncode)
+                                 f"--nproc_per_node={num_processes}", "-m", module, *sys.argv[1:]]).returncode)
 
 
 def init() -> None:

@@ -81,3 +81,50 @@ def sweep(rows: list[dict], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def by_round(ev: dict, cis: dict, metrics: list[Metric], trains: list[dict], out: Path) -> None:
+    """Iterative DPO: each per-prompt metric from SFT (round 0) through the last round, with 95% CIs; the
+    pairwise win rate of each round against SFT and against the round before; and each round's validation
+    reward margin beside its KL from SFT on the eval prompts."""
+    from dpo_pipeline.rounds import model_key
+
+    n = len(trains)
+    xs, names = list(range(n + 1)), ["sft", *(model_key(k) for k in range(1, n + 1))]
+    panels = [m for m in metrics if m.per_prompt]
+    fig, axes = plt.subplots(1, len(panels) + 2, figsize=(4 * (len(panels) + 2), 3.2))
+    for ax, m in zip(axes, panels):
+        values = [ev[m.key][name] for name in names]
+        ax.errorbar(xs, values, yerr=[[v - cis[m.key][name]["low"] for name, v in zip(names, values)],
+                                      [cis[m.key][name]["high"] - v for name, v in zip(names, values)]],
+                    fmt="o-", capsize=4)
+        ax.set_title(m.label, fontsize=10)
+    ax = axes[len(panels)]
+    for label, key in (("vs SFT", lambda k: "pairwise_dpo_vs_sft" if k == 1 else f"pairwise_{model_key(k)}_vs_sft"),
+                       ("vs the round before", lambda k: f"pairwise_{model_key(k)}_vs_{model_key(k - 1)}")):
+        ks = [k for k in range(1, n + 1) if key(k) in ev]
+        pws = [ev[key(k)] for k in ks]
+        ax.errorbar(ks, [p["win_rate"] for p in pws], yerr=[[p["win_rate"] - p["ci_low"] for p in pws],
+                                                           [p["ci_high"] - p["win_rate"] for p in pws]],
+                    fmt="o-", capsize=4, label=label)
+    ax.axhline(0.5, color="grey", linewidth=0.8)
+    ax.set_title("Pairwise win rate", fontsize=10)
+    ax.legend(fontsize=8)
+    ax = axes[-1]
+    kls = [ev[f"kl_{model_key(k)}_vs_sft"] for k in range(1, n + 1)]
+    ax.errorbar(range(1, n + 1), [k["kl"] for k in kls], yerr=[[k["kl"] - k["kl_ci_low"] for k in kls],
+                                                               [k["kl_ci_high"] - k["kl"] for k in kls]],
+                fmt="o-", capsize=4, color="#c0504d", label="KL from SFT (eval)")
+    ax.set_ylabel("nats per sequence", fontsize=8)
+    twin = ax.twinx()
+    twin.plot(range(1, n + 1), [t["eval_final"]["rewards/margins"] for t in trains], "s--", color="#2f9e6e",
+              label="validation reward margin")
+    ax.set_title("KL from SFT and reward margin", fontsize=10)
+    fig.legend(*[sum(x, []) for x in zip(ax.get_legend_handles_labels(), twin.get_legend_handles_labels())],
+               fontsize=8, loc="lower right")
+    for a in axes:
+        a.set_xlabel("round (0: SFT)")
+        a.set_xticks(xs)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -7,32 +7,47 @@ from rich.console import Console
 from rich.table import Table
 
 from dpo_pipeline.config import ReportParams
-from dpo_pipeline.evaluation.schema import (FAITHFULNESS, MODEL_LABELS, MODELS, PAIRS, PAIRWISE, RELIABILITY, Metric,
+from dpo_pipeline.evaluation.schema import (FAITHFULNESS, MODELS, PAIRS, PAIRWISE, RELIABILITY, Metric, model_label,
                                             pair_label)
 from dpo_pipeline.reporting.diagnostics import diagnose, healthy_evidence, reflection
 
-HEADER = ("Metric", "Base", "SFT", "SFT+DPO", "Δ DPO over SFT")
+def header(names: tuple[str, ...] = MODELS) -> list[str]:
+    """Metric, a column a model (a DPO round each), and the last round's gain over SFT."""
+    last = "DPO" if len(names) == 3 else model_label(names[-1])
+    return ["Metric", *(model_label(n) for n in names), f"Δ {last} over SFT"]
 
 
-def table_rows(ev: dict, cis: dict, metrics: list[Metric]) -> list[list[str]]:
-    """[metric, base, sft, dpo, delta] cells; per-prompt metrics with their 95% CI."""
-    rows = []
+HEADER = tuple(header())
+
+
+def table_rows(ev: dict, cis: dict, metrics: list[Metric], names: tuple[str, ...] = MODELS) -> list[list[str]]:
+    """[metric, base, sft, dpo (, later rounds), delta] cells; per-prompt metrics with their 95% CI. The delta
+    is the last round's over SFT; the pairwise rows give each round against SFT (and, for rounds after the
+    first, against the round before)."""
+    rows, last, rounds = [], names[-1], names[2:]
     for m in metrics:
         values, ci = ev[m.key], cis.get(m.key)
         cell = lambda name: f"{values[name]:.2f}" + (f" [{ci[name]['low']:.2f}, {ci[name]['high']:.2f}]" if ci else "")  # noqa: E731
-        delta = f"{values['dpo'] - values['sft']:+.2f}"
-        if ci and "delta_dpo_sft" in ci:
-            delta += f" [{ci['delta_dpo_sft']['low']:+.2f}, {ci['delta_dpo_sft']['high']:+.2f}]"
-        rows.append([m.label, *(cell(name) for name in MODELS), delta])
-    pw = ev[PAIRWISE]
-    rows.append(["Preferred (judge pairwise, DPO vs SFT)", "-", "-", rate(pw, "win_rate", "ci_low", "ci_high"),
+        delta = f"{values[last] - values['sft']:+.2f}"
+        if ci and f"delta_{last}_sft" in ci:
+            delta += f" [{ci[f'delta_{last}_sft']['low']:+.2f}, {ci[f'delta_{last}_sft']['high']:+.2f}]"
+        rows.append([m.label, *(cell(name) for name in names), delta])
+    vs_sft = lambda n: ev[PAIRWISE] if n == "dpo" else ev[f"pairwise_{n}_vs_sft"]  # noqa: E731
+    pw = vs_sft(last)
+    rows.append(["Preferred (judge pairwise, DPO vs SFT)", "-", "-",
+                 *(rate(vs_sft(n), "win_rate", "ci_low", "ci_high") for n in rounds),
                  f"{(pw['win_rate'] - 0.5) * 100:+.1f}pp"])
     if "lc_win_rate" in pw:
         rows.append(["Preferred, length-controlled (DPO vs SFT)", "-", "-",
-                     rate(pw, "lc_win_rate", "lc_ci_low", "lc_ci_high"), f"{(pw['lc_win_rate'] - 0.5) * 100:+.1f}pp"])
+                     *(rate(vs_sft(n), "lc_win_rate", "lc_ci_low", "lc_ci_high") for n in rounds),
+                     f"{(pw['lc_win_rate'] - 0.5) * 100:+.1f}pp"])
+    if len(rounds) > 1:  # did each round still beat the one before?
+        rows.append(["Preferred over the round before", "-", "-", "-",
+                     *(rate(ev[f"pairwise_{n}_vs_{b}"], "win_rate", "ci_low", "ci_high")
+                       for b, n in zip(rounds, rounds[1:])), "-"])
     if "pairwise_sft_vs_base" in ev:  # did SFT beat base, and DPO too?
         rows.append(["Preferred over Base (judge pairwise)", "-", rate(ev["pairwise_sft_vs_base"], "win_rate", "ci_low", "ci_high"),
-                     rate(ev["pairwise_dpo_vs_base"], "win_rate", "ci_low", "ci_high"), "-"])
+                     rate(ev["pairwise_dpo_vs_base"], "win_rate", "ci_low", "ci_high"), *(["-"] * len(rounds))])
     return rows
 
 
@@ -42,8 +57,9 @@ def rate(pw: dict, value: str, low: str, high: str) -> str:
 
 def pairwise_counts(ev: dict) -> list[str]:
     """Each pair's verdict counts, and how the win rates are computed."""
+    keys = [*PAIRS, *(k for k in ev if k.startswith("pairwise_") and k not in PAIRS)]
     lines = [f"Pairwise {pair_label(key)}, judged in both orders: {ev[key]['wins']} wins, {ev[key]['losses']} "
-             f"losses, {ev[key]['ties']} ties." for key in PAIRS if key in ev]
+             f"losses, {ev[key]['ties']} ties." for key in keys if key in ev]
     return lines + ["Win rate = (wins + ties/2) / n; length-controlled: a logistic model of the outcome on the "
                     "length difference, predicted at equal lengths (AlpacaEval 2 style)."]
 
@@ -75,11 +91,13 @@ def preference_data(judge: dict, generated: bool) -> str:
 
 
 def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict], cfg: ReportParams,
-             metrics: list[Metric], generated: bool, seeds_line: str = "") -> str:
-    lines = ["# Base vs SFT vs SFT+DPO", "",
+             metrics: list[Metric], generated: bool, seeds_line: str = "", names: tuple[str, ...] = MODELS,
+             rounds_section: list[str] = ()) -> str:
+    head = header(names)
+    lines = ["# Base vs SFT vs SFT+DPO" + (f", {len(names) - 2} rounds" if len(names) > 3 else ""), "",
              f"{ev['n_prompts']} held-out prompts; 95% bootstrap CIs over prompts in brackets. {seeds_line}".strip(), "",
-             "| " + " | ".join(HEADER) + " |", "|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(ev, cis, metrics)]
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in table_rows(ev, cis, metrics, names)]
     lines += ["", "![Base vs SFT vs SFT+DPO, 95% CIs](eval_bars.png)", "",
               *pairwise_counts(ev), "",
               "## Preference data", "", preference_data(judge, generated), "",
@@ -94,6 +112,7 @@ def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict]
               f"sequence at the end (max {train['kl']['max']}{ci_text(train['kl'].get('max_ci'))}); on the eval prompts KL(SFT+DPO || SFT) = {ev['kl_dpo_vs_sft']['kl']}"
               f"{kl_ci(ev['kl_dpo_vs_sft'])}. Brackets: 95% bootstrap CIs over the sampled sequences "
               "(one a prompt); the curve's band is the same.", "",
+              *rounds_section,
               "## Judge reliability", "", *judge_reliability(ev.get("judge_reliability")), "",
               "## Diagnostics", ""]
     findings = diagnose(ev, cis, train, cfg, metrics)
@@ -102,9 +121,9 @@ def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict]
     lines += ["", "## Examples", ""]
     for ex in examples:
         lines += [f"**{ex['id']}**: {ex['prompt']}", "", "| Model | Output | Score |", "|---|---|---|"]
-        for name in MODELS:
+        for name in names:
             text = ex[name]["text"].replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {MODEL_LABELS[name]} | `{text}` | {ex[name][FAITHFULNESS.key]} |")
+            lines.append(f"| {model_label(name)} | `{text}` | {ex[name][FAITHFULNESS.key]} |")
         lines.append("")
     lines += ["## What DPO did to my model, and what it didn't", "", *reflection(ev, cis, train, metrics), ""]
     return "\n".join(lines)
@@ -118,10 +137,10 @@ def kl_ci(kl: dict) -> str:
     return f" [{kl['kl_ci_low']}, {kl['kl_ci_high']}]" if "kl_ci_low" in kl else ""
 
 
-def print_table(ev: dict, cis: dict, metrics: list[Metric]) -> None:
+def print_table(ev: dict, cis: dict, metrics: list[Metric], names: tuple[str, ...] = MODELS) -> None:
     table = Table(title="Base vs SFT vs SFT+DPO (95% CI)")
-    for col in HEADER:
+    for col in header(names):
         table.add_column(col)
-    for row in table_rows(ev, cis, metrics):
+    for row in table_rows(ev, cis, metrics, names):
         table.add_row(*row)
     Console(width=max(Console().width, 120)).print(table)

@@ -1,0 +1,85 @@
+"""The report's section on iterative DPO (`rounds` > 1): each round's data, training and result against SFT
+and against the round before, KL from SFT round by round, and the rules that say when a round stopped
+helping or drifted."""
+
+from __future__ import annotations
+
+from dpo_pipeline.config import ReportParams
+from dpo_pipeline.evaluation.schema import model_label
+from dpo_pipeline.reporting.diagnostics import Finding
+from dpo_pipeline.rounds import model_key
+
+
+def vs_sft(ev: dict, k: int) -> dict:
+    return ev["pairwise_dpo_vs_sft"] if k == 1 else ev[f"pairwise_{model_key(k)}_vs_sft"]
+
+
+def vs_before(ev: dict, k: int) -> dict | None:
+    return ev.get(f"pairwise_{model_key(k)}_vs_{model_key(k - 1)}") if k > 1 else None
+
+
+def kl_from_sft(ev: dict, k: int) -> dict:
+    return ev[f"kl_{model_key(k)}_vs_sft"]
+
+
+def rate(pw: dict | None, lc: bool = False) -> str:
+    if pw is None:
+        return "-"
+    v, lo, hi = ("lc_win_rate", "lc_ci_low", "lc_ci_high") if lc else ("win_rate", "ci_low", "ci_high")
+    return f"{pw[v]:.1%} [{pw[lo]:.1%}, {pw[hi]:.1%}]" if pw.get(v) is not None else "-"
+
+
+def findings(ev: dict, rounds: int, cfg: ReportParams) -> list[Finding]:
+    """Per round after the first: it did not beat the round before (CI reaches 50%), or it lost to it; KL from
+    SFT grew (the CIs apart) while it did not beat the round before: drifting without gain; KL past the
+    drift threshold."""
+    out = []
+    for k in range(2, rounds + 1):
+        pw, kl, kl_before = vs_before(ev, k), kl_from_sft(ev, k), kl_from_sft(ev, k - 1)
+        name, before = model_label(model_key(k)), model_label(model_key(k - 1))
+        if pw["ci_high"] < 0.5:
+            out.append(Finding(f"round {k} made the model worse",
+                               f"{name} vs {before}: {rate(pw)}, all of the CI below 50%",
+                               f"stop at round {k - 1}; or raise train.beta / lower train.learning_rate for later "
+                               "rounds, and check the new pairs (rounds/<k>/judge.json: ties, pairs kept)"))
+        elif pw["ci_low"] <= 0.5:
+            grew = kl["kl_ci_low"] > kl_before["kl_ci_high"]
+            out.append(Finding(
+                f"round {k} stopped helping" + (" while drifting from SFT" if grew else ""),
+                f"{name} vs {before}: {rate(pw)}, the CI reaches 50%"
+                + (f"; KL from SFT grew from {kl_before['kl']} [{kl_before['kl_ci_low']}, {kl_before['kl_ci_high']}] "
+                   f"to {kl['kl']} [{kl['kl_ci_low']}, {kl['kl_ci_high']}] nats per sequence" if grew else ""),
+                f"stop at round {k - 1}: the new pairs teach nothing the last round had not learnt (few ties left to "
+                "break, or the judge cannot tell the policy's samples apart); try iterate.prompts fresh or higher "
+                "sample.temperatures for more varied pairs"))
+        if kl["kl_ci_low"] > cfg.kl_drift:
+            out.append(Finding(f"round {k} drifted from SFT",
+                               f"KL({name} || SFT) {kl['kl']} [{kl['kl_ci_low']}, {kl['kl_ci_high']}] nats per "
+                               f"sequence, above {cfg.kl_drift} even at its CI's low end",
+                               "iterate.reference sft keeps every round's KL anchored to the SFT model; or raise "
+                               "train.beta"))
+    return out
+
+
+def section(ev: dict, rounds: list[dict], cfg: ReportParams) -> list[str]:
+    """rounds: [{"round": k, "judge": judge.json, "train": train.json}, ...] from round 1 on."""
+    n = len(rounds)
+    lines = [f"## Iterative DPO: {n} rounds", "",
+             "Round 1 samples from the SFT model; round k samples from round k-1's policy, is judged by the same "
+             "judge and trains a new adapter on top of it. All rounds are evaluated on the same held-out prompts.",
+             "", "![Metrics, win rates, reward and KL by round](rounds.png)", "",
+             "| Round | Pairs | Validation reward margin (accuracy) | KL from its reference (train) | KL from SFT (eval) "
+             "| vs SFT | vs SFT, length-controlled | vs the round before |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rounds:
+        k, train, judge = r["round"], r["train"], r["judge"]
+        kl = kl_from_sft(ev, k)
+        lines.append(f"| {k} | {judge['pairs']} of {judge['prompts']} prompts | "
+                     f"{train['eval_final']['rewards/margins']} ({train['eval_final']['rewards/accuracies']}) | "
+                     f"{train['kl']['final']} | {kl['kl']} [{kl['kl_ci_low']}, {kl['kl_ci_high']}] | "
+                     f"{rate(vs_sft(ev, k))} | {rate(vs_sft(ev, k), lc=True)} | {rate(vs_before(ev, k))} |")
+    found = findings(ev, n, cfg)
+    lines += ["", *([f"- **{f.rule}**: {f.evidence}. Try: {f.advice}." for f in found] or [
+        f"- **Every round helped**: each round beat the one before with a CI above 50% "
+        f"({', '.join(rate(vs_before(ev, k)) for k in range(2, n + 1))})."]), ""]
+    return lines
