@@ -6,8 +6,8 @@
 # make pr-report BASE=<ref> : the markdown diff a pull request gets (the CI workflow posts it)
 # make seeds : the defaults over training seeds (the workspace's plus SEEDS="1 2") as DVC experiments; the
 #              seeds table goes to reports/seeds.md and the report says how many seeds stand behind it
-# make rounds N=2 : iterative DPO: set params.yaml's rounds, write the round stages into dvc.yaml, dvc repro
-#              (round k samples from round k-1's policy; N=1 goes back to the one-round pipeline)
+# make rounds N=2 : iterative DPO on the defaults (round k samples from round k-1's policy) as the DVC
+#              experiment rounds-N; the workspace stays one round, the report goes to reports/rounds-N
 # make data  : regenerate the shipped data/ files from params.yaml's `data` section
 # make real  : the real run: SmolLM2-135M-Instruct through the whole pipeline on a CPU, as the DVC experiment
 #              `real-smollm2` (dvc exp show lists it beside the defaults); REAL_TASK=number_summary for the
@@ -55,11 +55,16 @@ pr-report: install
 data: install
 	python -m tools.make_data
 
+# tools.rounds writes the round stages into the workspace's dvc.yaml, which the experiment takes, then puts
+# the one-round pipeline back.
 N ?= 2
 rounds: install
+	-dvc exp remove rounds-$(N) 2>/dev/null
 	python -m tools.rounds $(N)
-	dvc repro
-	python -m stages.report --show
+	dvc exp run --temp -n rounds-$(N) -S paths.reports=reports/rounds-$(N) || (python -m tools.rounds 1; exit 1)
+	python -m tools.rounds 1
+	git checkout $$(git for-each-ref --format='%(refname)' 'refs/exps/' | grep '/rounds-$(N)$$' | head -1) -- reports/rounds-$(N)
+	sed -n '1,16p' reports/rounds-$(N)/report.md
 
 SEEDS ?= 1 2
 seeds: install

@@ -120,8 +120,8 @@ def by_round(ev: dict, cis: dict, metrics: list[Metric], trains: list[dict], out
     twin.plot(range(1, n + 1), [t["eval_final"]["rewards/margins"] for t in trains], "s--", color="#2f9e6e",
               label="validation reward margin")
     ax.set_title("KL from SFT and reward margin", fontsize=10)
-    fig.legend(*[sum(x, []) for x in zip(ax.get_legend_handles_labels(), twin.get_legend_handles_labels())],
-               fontsize=8, loc="lower right")
+    ax.legend(*[sum(x, []) for x in zip(ax.get_legend_handles_labels(), twin.get_legend_handles_labels())],
+              fontsize=8, loc="best")
     for a in axes:
         a.set_xlabel("round (0: SFT)")
         a.set_xticks(xs)

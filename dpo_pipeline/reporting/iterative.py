@@ -44,14 +44,18 @@ def findings(ev: dict, rounds: int, cfg: ReportParams) -> list[Finding]:
                                "rounds, and check the new pairs (rounds/<k>/judge.json: ties, pairs kept)"))
         elif pw["ci_low"] <= 0.5:
             grew = kl["kl_ci_low"] > kl_before["kl_ci_high"]
+            n = pw["wins"] + pw["losses"] + pw["ties"]
+            tied = pw["ties"] > 0.8 * n  # the judge sees no difference on most prompts: a ceiling, not harm
             out.append(Finding(
                 f"round {k} stopped helping" + (" while drifting from SFT" if grew else ""),
-                f"{name} vs {before}: {rate(pw)}, the CI reaches 50%"
+                f"{name} vs {before}: {rate(pw)}, the CI reaches 50% ({pw['wins']} wins, {pw['losses']} losses, "
+                f"{pw['ties']} ties)"
                 + (f"; KL from SFT grew from {kl_before['kl']} [{kl_before['kl_ci_low']}, {kl_before['kl_ci_high']}] "
                    f"to {kl['kl']} [{kl['kl_ci_low']}, {kl['kl_ci_high']}] nats per sequence" if grew else ""),
-                f"stop at round {k - 1}: the new pairs teach nothing the last round had not learnt (few ties left to "
-                "break, or the judge cannot tell the policy's samples apart); try iterate.prompts fresh or higher "
-                "sample.temperatures for more varied pairs"))
+                (f"the judge finds the two rounds' answers equal on {pw['ties']} of {n} prompts: round {k - 1} is "
+                 "near this judge's ceiling; more rounds need harder prompts or a finer judge" if tied else
+                 f"stop at round {k - 1}: the new pairs teach little the last round had not learnt") +
+                "; iterate.prompts fresh or higher sample.temperatures give more varied pairs"))
         if kl["kl_ci_low"] > cfg.kl_drift:
             out.append(Finding(f"round {k} drifted from SFT",
                                f"KL({name} || SFT) {kl['kl']} [{kl['kl_ci_low']}, {kl['kl_ci_high']}] nats per "
