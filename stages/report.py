@@ -50,7 +50,7 @@ def main(params: Params, show: bool = False) -> None:
     write_text(folder / "report.md", markdown(ev, cis, judge, train, examples, params.report, metrics,
                                               params.preferences.generated,
                                               verdict_line(seeds, fingerprint(params.model_dump())), names,
-                                              section(ev, rounds, params.report) if rounds else []))
+                                              section(ev, cis, metrics, rounds, params.report) if rounds else []))
     print(f"report: {folder / 'report.md'} (the table: python -m stages.report --show)")
 
 

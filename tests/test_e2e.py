@@ -380,6 +380,8 @@ def test_two_rounds_of_iterative_dpo(repo, reproduced):
         for key in ("pairwise_dpo_vs_sft", "pairwise_dpo_r2_vs_sft", "pairwise_dpo_r2_vs_dpo"):
             assert 0 <= ev[key]["ci_low"] <= ev[key]["win_rate"] <= ev[key]["ci_high"] <= 1
         assert ev["kl_dpo_r2_vs_sft"]["kl"] > 0
+        cis = json.loads((repo / "metrics" / "eval_ci.json").read_text())["faithfulness"]
+        assert {"delta_dpo_sft", "delta_dpo_r2_sft", "delta_dpo_r2_dpo"} <= set(cis)  # paired, over the round before
         # round 1's numbers are the same models on the same prompts: unchanged by a second round
         before = json.loads(committed)
         assert ev["pairwise_dpo_vs_sft"] == before["pairwise_dpo_vs_sft"]

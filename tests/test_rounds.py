@@ -170,3 +170,20 @@ def test_the_table_grows_a_column_per_round():
     assert rows[0][-1] == "+0.40 [+0.20, +0.60]"  # the last round's gain over SFT
     assert rows[-1][-2] == "58.0% [53.0%, 63.0%]"  # round 2 against round 1
     assert header() == ["Metric", "Base", "SFT", "SFT+DPO", "Δ DPO over SFT"]
+
+
+def test_the_rounds_section_gives_each_round_against_the_one_before():
+    from dpo_pipeline.evaluation.schema import FAITHFULNESS
+    from dpo_pipeline.reporting.iterative import section
+
+    names = ("base", "sft", "dpo", "dpo_r2")
+    ev = {"faithfulness": dict(zip(names, (2.0, 3.0, 3.2, 3.5))), **two_rounds(win(0.58, 0.53, 0.63))}
+    cis = {"faithfulness": {"delta_dpo_r2_dpo": {"low": 0.1, "high": 0.5}}}
+    train = {"eval_final": {"rewards/margins": 1.0, "rewards/accuracies": 0.9}, "kl": {"final": 1.5}}
+    rounds = [{"round": k, "judge": {"pairs": 50, "prompts": 80}, "train": train} for k in (1, 2)]
+    lines = section(ev, cis, [FAITHFULNESS], rounds, PARAMS.report)
+    assert lines[0] == "## Iterative DPO: 2 rounds"
+    assert "- Round 2 over round 1 (paired over prompts, 95% CI): faithfulness +0.3 [+0.1, +0.5]." in lines
+    assert any(line.startswith("| 2 | 50 of 80 prompts |") and line.endswith("| 58.0% [53.0%, 63.0%] |")
+               for line in lines)
+    assert any(line.startswith("- **Every round helped**") for line in lines)

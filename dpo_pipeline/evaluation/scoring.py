@@ -53,7 +53,7 @@ def aggregate(recs: list[dict], metrics: list[Metric], bootstrap_samples: int, s
               models: tuple[str, ...] = MODELS, pairs: dict[str, tuple[str, str]] = PAIRS) -> tuple[dict, dict]:
     """(eval.json's per-model metrics and pairwise summary, the 95% CIs). Invalid judge answers (None) are
     left out of the means; the DPO - SFT CI is paired over the prompts both have (and each later round's,
-    `delta_dpo_r<k>_sft`)."""
+    `delta_dpo_r<k>_sft`, and its gain over the round before, `delta_dpo_r<k>_<round before>`)."""
     def values(model: str, m: Metric) -> list[float]:
         return [r[model][m.source_field] for r in recs if r[model][m.source_field] is not None]
 
@@ -73,6 +73,9 @@ def aggregate(recs: list[dict], metrics: list[Metric], bootstrap_samples: int, s
             for policy in models[2:]:  # each DPO round
                 intervals[m.key][f"delta_{policy}_sft"] = ci95([r[policy][f] - r["sft"][f] for r in recs if
                                                                 r[policy][f] is not None and r["sft"][f] is not None])
+            for before, policy in zip(models[2:], models[3:]):  # each later round over the round before
+                intervals[m.key][f"delta_{policy}_{before}"] = ci95([r[policy][f] - r[before][f] for r in recs if
+                                                                     r[policy][f] is not None and r[before][f] is not None])
     for key, (a, b) in pairs.items():
         judged = [r for r in recs if r[key]["outcome"]]
         outcomes = [r[key]["outcome"] for r in judged]

@@ -5,7 +5,7 @@ helping or drifted."""
 from __future__ import annotations
 
 from dpo_pipeline.config import ReportParams
-from dpo_pipeline.evaluation.schema import model_label
+from dpo_pipeline.evaluation.schema import Metric, headline, model_label
 from dpo_pipeline.reporting.diagnostics import Finding
 from dpo_pipeline.rounds import model_key
 
@@ -65,7 +65,18 @@ def findings(ev: dict, rounds: int, cfg: ReportParams) -> list[Finding]:
     return out
 
 
-def section(ev: dict, rounds: list[dict], cfg: ReportParams) -> list[str]:
+def gains_over_before(ev: dict, cis: dict, metrics: list[Metric], k: int) -> str:
+    """Round k's headline metrics against round k-1's: the paired difference over prompts, with its 95% CI."""
+    this, before = model_key(k), model_key(k - 1)
+    parts = []
+    for m in headline(metrics):
+        d = cis.get(m.key, {}).get(f"delta_{this}_{before}")
+        if d is not None:
+            parts.append(f"{m.name} {ev[m.key][this] - ev[m.key][before]:+.3g} [{d['low']:+.3g}, {d['high']:+.3g}]")
+    return f"- Round {k} over round {k - 1} (paired over prompts, 95% CI): {', '.join(parts)}."
+
+
+def section(ev: dict, cis: dict, metrics: list[Metric], rounds: list[dict], cfg: ReportParams) -> list[str]:
     """rounds: [{"round": k, "judge": judge.json, "train": train.json}, ...] from round 1 on."""
     n = len(rounds)
     lines = [f"## Iterative DPO: {n} rounds", "",
@@ -83,7 +94,8 @@ def section(ev: dict, rounds: list[dict], cfg: ReportParams) -> list[str]:
                      f"{train['kl']['final']} | {kl['kl']} [{kl['kl_ci_low']}, {kl['kl_ci_high']}] | "
                      f"{rate(vs_sft(ev, k))} | {rate(vs_sft(ev, k), lc=True)} | {rate(vs_before(ev, k))} |")
     found = findings(ev, n, cfg)
-    lines += ["", *([f"- **{f.rule}**: {f.evidence}. Try: {f.advice}." for f in found] or [
+    lines += ["", *(gains_over_before(ev, cis, metrics, k) for k in range(2, n + 1)), ""]
+    lines += [*([f"- **{f.rule}**: {f.evidence}. Try: {f.advice}." for f in found] or [
         f"- **Every round helped**: each round beat the one before with a CI above 50% "
         f"({', '.join(rate(vs_before(ev, k)) for k in range(2, n + 1))})."]), ""]
     return lines
