@@ -145,15 +145,25 @@ def two_rounds(vs_before, kl2=kl(1.0, 0.8, 1.2)):
 
 
 def test_the_report_says_when_a_round_stopped_helping_or_drifted():
-    cfg = PARAMS.report
-    assert findings(two_rounds(win(0.58, 0.53, 0.63)), 2, cfg) == []
-    flat = findings(two_rounds(win(0.51, 0.46, 0.56)), 2, cfg)
+    from dpo_pipeline.evaluation.schema import FAITHFULNESS
+
+    cfg, metrics = PARAMS.report, [FAITHFULNESS]
+    flat_metric = {"faithfulness": {"delta_dpo_r2_dpo": {"low": -0.1, "high": 0.1}}}
+    up_metric = {"faithfulness": {"delta_dpo_r2_dpo": {"low": 0.02, "high": 0.15}}}
+    down_metric = {"faithfulness": {"delta_dpo_r2_dpo": {"low": -0.3, "high": -0.1}}}
+    assert findings(two_rounds(win(0.58, 0.53, 0.63)), flat_metric, metrics, 2, cfg) == []
+    flat = findings(two_rounds(win(0.51, 0.46, 0.56)), flat_metric, metrics, 2, cfg)
     assert [f.rule for f in flat] == ["round 2 stopped helping"]
-    drifting = findings(two_rounds(win(0.51, 0.46, 0.56), kl(3.0, 2.5, 3.5)), 2, cfg)
+    # a pairwise tie with a significant metric gain is still help (the judge's ceiling, measured on the defaults)
+    assert findings(two_rounds(win(0.51, 0.50, 0.53)), up_metric, metrics, 2, cfg) == []
+    drifting = findings(two_rounds(win(0.51, 0.46, 0.56), kl(3.0, 2.5, 3.5)), flat_metric, metrics, 2, cfg)
     assert [f.rule for f in drifting] == ["round 2 stopped helping while drifting from SFT"]
     assert "grew from 1.0 [0.8, 1.2] to 3.0 [2.5, 3.5]" in drifting[0].evidence
-    worse = findings(two_rounds(win(0.40, 0.35, 0.45), kl(12.0, 11.0, 13.0)), 2, cfg)
+    worse = findings(two_rounds(win(0.40, 0.35, 0.45), kl(12.0, 11.0, 13.0)), flat_metric, metrics, 2, cfg)
     assert [f.rule for f in worse] == ["round 2 made the model worse", "round 2 drifted from SFT"]
+    lost_metric = findings(two_rounds(win(0.51, 0.46, 0.56)), down_metric, metrics, 2, cfg)
+    assert [f.rule for f in lost_metric] == ["round 2 made the model worse"]
+    assert "significantly worse: faithfulness" in lost_metric[0].evidence
 
 
 def test_the_table_grows_a_column_per_round():
@@ -186,4 +196,5 @@ def test_the_rounds_section_gives_each_round_against_the_one_before():
     assert "- Round 2 over round 1 (paired over prompts, 95% CI): faithfulness +0.3 [+0.1, +0.5]." in lines
     assert any(line.startswith("| 2 | 50 of 80 prompts |") and line.endswith("| 58.0% [53.0%, 63.0%] |")
                for line in lines)
-    assert any(line.startswith("- **Every round helped**") for line in lines)
+    assert "- **Every round helped**: against the round before, round 2 won pairwise 58.0% [53.0%, 63.0%] and was " \
+           "significantly better on faithfulness." in lines

@@ -29,27 +29,42 @@ def rate(pw: dict | None, lc: bool = False) -> str:
     return f"{pw[v]:.1%} [{pw[lo]:.1%}, {pw[hi]:.1%}]" if pw.get(v) is not None else "-"
 
 
-def findings(ev: dict, rounds: int, cfg: ReportParams) -> list[Finding]:
-    """Per round after the first: it did not beat the round before (CI reaches 50%), or it lost to it; KL from
-    SFT grew (the CIs apart) while it did not beat the round before: drifting without gain; KL past the
-    drift threshold."""
+def moves_over_before(cis: dict, metrics: list[Metric], k: int) -> tuple[list[str], list[str]]:
+    """Round k's headline metrics that the paired 95% CI against round k-1 shows better, and worse."""
+    better, worse = [], []
+    for m in headline(metrics):
+        d = cis.get(m.key, {}).get(f"delta_{model_key(k)}_{model_key(k - 1)}")
+        if d is not None:
+            up, down = (d["low"] > 0, d["high"] < 0) if m.higher_is_better else (d["high"] < 0, d["low"] > 0)
+            (better if up else worse if down else []).append(m.name)
+    return better, worse
+
+
+def findings(ev: dict, cis: dict, metrics: list[Metric], rounds: int, cfg: ReportParams) -> list[Finding]:
+    """Per round after the first, against the round before: it lost pairwise (CI below 50%) or on a headline
+    metric with none better: worse; neither the pairwise verdict (CI reaches 50%) nor any headline metric
+    (paired CIs) shows a gain: it stopped helping, and if KL from SFT grew meanwhile (the CIs apart), while
+    drifting; and KL from SFT past the drift threshold."""
     out = []
     for k in range(2, rounds + 1):
         pw, kl, kl_before = vs_before(ev, k), kl_from_sft(ev, k), kl_from_sft(ev, k - 1)
         name, before = model_label(model_key(k)), model_label(model_key(k - 1))
-        if pw["ci_high"] < 0.5:
+        better, worse = moves_over_before(cis, metrics, k)
+        counts = f"{pw['wins']} wins, {pw['losses']} losses, {pw['ties']} ties"
+        if pw["ci_high"] < 0.5 or (worse and not better):
             out.append(Finding(f"round {k} made the model worse",
-                               f"{name} vs {before}: {rate(pw)}, all of the CI below 50%",
+                               f"{name} vs {before}: {rate(pw)} ({counts})"
+                               + (f"; significantly worse: {', '.join(worse)}" if worse else ""),
                                f"stop at round {k - 1}; or raise train.beta / lower train.learning_rate for later "
                                "rounds, and check the new pairs (rounds/<k>/judge.json: ties, pairs kept)"))
-        elif pw["ci_low"] <= 0.5:
+        elif pw["ci_low"] <= 0.5 and not better:
             grew = kl["kl_ci_low"] > kl_before["kl_ci_high"]
             n = pw["wins"] + pw["losses"] + pw["ties"]
             tied = pw["ties"] > 0.8 * n  # the judge sees no difference on most prompts: a ceiling, not harm
             out.append(Finding(
                 f"round {k} stopped helping" + (" while drifting from SFT" if grew else ""),
-                f"{name} vs {before}: {rate(pw)}, the CI reaches 50% ({pw['wins']} wins, {pw['losses']} losses, "
-                f"{pw['ties']} ties)"
+                f"{name} vs {before}: {rate(pw)}, the CI reaches 50% ({counts}), and no headline metric is "
+                "significantly better"
                 + (f"; KL from SFT grew from {kl_before['kl']} [{kl_before['kl_ci_low']}, {kl_before['kl_ci_high']}] "
                    f"to {kl['kl']} [{kl['kl_ci_low']}, {kl['kl_ci_high']}] nats per sequence" if grew else ""),
                 (f"the judge finds the two rounds' answers equal on {pw['ties']} of {n} prompts: round {k - 1} is "
@@ -93,9 +108,11 @@ def section(ev: dict, cis: dict, metrics: list[Metric], rounds: list[dict], cfg:
                      f"{train['eval_final']['rewards/margins']} ({train['eval_final']['rewards/accuracies']}) | "
                      f"{train['kl']['final']} | {kl['kl']} [{kl['kl_ci_low']}, {kl['kl_ci_high']}] | "
                      f"{rate(vs_sft(ev, k))} | {rate(vs_sft(ev, k), lc=True)} | {rate(vs_before(ev, k))} |")
-    found = findings(ev, n, cfg)
+    found = findings(ev, cis, metrics, n, cfg)
     lines += ["", *(gains_over_before(ev, cis, metrics, k) for k in range(2, n + 1)), ""]
     lines += [*([f"- **{f.rule}**: {f.evidence}. Try: {f.advice}." for f in found] or [
-        f"- **Every round helped**: each round beat the one before with a CI above 50% "
-        f"({', '.join(rate(vs_before(ev, k)) for k in range(2, n + 1))})."]), ""]
+        "- **Every round helped**: against the round before, " + "; ".join(
+            f"round {k} won pairwise {rate(vs_before(ev, k))} and was significantly better on "
+            f"{', '.join(moves_over_before(cis, metrics, k)[0]) or 'no headline metric'}" for k in range(2, n + 1))
+        + "."]), ""]
     return lines
