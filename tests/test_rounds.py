@@ -196,5 +196,5 @@ def test_the_rounds_section_gives_each_round_against_the_one_before():
     assert "- Round 2 over round 1 (paired over prompts, 95% CI): faithfulness +0.3 [+0.1, +0.5]." in lines
     assert any(line.startswith("| 2 | 50 of 80 prompts |") and line.endswith("| 58.0% [53.0%, 63.0%] |")
                for line in lines)
-    assert "- **Every round helped**: against the round before, round 2 won pairwise 58.0% [53.0%, 63.0%] and was " \
+    assert "- **Every round helped**: against the round before, round 2 preferred pairwise 58.0% [53.0%, 63.0%], " \
            "significantly better on faithfulness." in lines

@@ -112,7 +112,7 @@ def section(ev: dict, cis: dict, metrics: list[Metric], rounds: list[dict], cfg:
     lines += ["", *(gains_over_before(ev, cis, metrics, k) for k in range(2, n + 1)), ""]
     lines += [*([f"- **{f.rule}**: {f.evidence}. Try: {f.advice}." for f in found] or [
         "- **Every round helped**: against the round before, " + "; ".join(
-            f"round {k} won pairwise {rate(vs_before(ev, k))} and was significantly better on "
+            f"round {k} preferred pairwise {rate(vs_before(ev, k))}, significantly better on "
             f"{', '.join(moves_over_before(cis, metrics, k)[0]) or 'no headline metric'}" for k in range(2, n + 1))
         + "."]), ""]
     return lines
