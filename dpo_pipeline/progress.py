@@ -25,10 +25,11 @@ class RateColumn(ProgressColumn):
         return Text("?" if speed is None else f"{speed:,.1f} {self.unit}/s", style="progress.data.speed")
 
 
-def progress(unit: str = "it", console=None) -> Progress:
-    """`with progress("prompts") as p: bar = p.add_task("sampling", total=n); p.advance(bar, k)`."""
+def progress(unit: str = "it", console=None, refresh_per_second: float = 10) -> Progress:
+    """`with progress("prompts") as p: bar = p.add_task("sampling", total=n); p.advance(bar, k)`. The bar redraws
+    from its own thread `refresh_per_second` times a second."""
     return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TaskProgressColumn(), TimeElapsedColumn(), RateColumn(unit), TextColumn("ETA"),
                     TimeRemainingColumn(), console=console,
-                    transient=not os.environ.get("CI"))
+                    refresh_per_second=refresh_per_second, transient=not os.environ.get("CI"))
 
