@@ -366,9 +366,11 @@ def test_my_gpt2_model_my_sft_adapter_and_an_ultrafeedback_parquet(repo, reprodu
 def test_two_rounds_of_iterative_dpo(repo, reproduced):
     """Round 2 samples from round 1's policy and trains on top of it; round 1 is not re-run; eval compares
     every round; a later round's setting re-runs that round only."""
-    # The workspace may hold another experiment's outputs and lock: back to the committed baseline, whole
-    sh(repo, "git", "checkout", "HEAD", "--", "params.yaml", "dvc.yaml", "dvc.lock")
+    # The workspace may hold another experiment's outputs and lock: back to the committed baseline, whole (the
+    # git-tracked metrics, curves and report are outputs too)
+    sh(repo, "git", "checkout", "HEAD", "--", "params.yaml", "dvc.yaml", "dvc.lock", "metrics", "dvclive", "reports")
     sh(repo, "dvc", "checkout", "-f")
+    assert json.loads(sh(repo, "dvc", "status", "--json")) == {}
     committed = sh(repo, "git", "show", "HEAD:metrics/eval.json")
     sh(repo, sys.executable, "-m", "tools.rounds", "2")
     try:
@@ -408,5 +410,6 @@ def test_two_rounds_of_iterative_dpo(repo, reproduced):
                               text=True)
         assert proc.returncode == 2 and "python -m tools.rounds 3" in proc.stderr, proc.stderr
     finally:
-        sh(repo, "git", "checkout", "HEAD", "--", "params.yaml", "dvc.yaml", "dvc.lock")
+        sh(repo, "git", "checkout", "HEAD", "--", "params.yaml", "dvc.yaml", "dvc.lock", "metrics", "dvclive",
+           "reports")
         sh(repo, "dvc", "checkout", "-f")
