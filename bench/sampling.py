@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from dpo_pipeline.config import load_params  # noqa: E402
 from dpo_pipeline.files import read_jsonl  # noqa: E402
 from dpo_pipeline.models.generation import generate  # noqa: E402
-from dpo_pipeline.models.loading import load_policy, load_tokenizer  # noqa: E402
+from dpo_pipeline.models.loading import load_sft, load_tokenizer  # noqa: E402
 
 
 def timed(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int) -> tuple[list[dict], float]:
@@ -39,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
     prompts = [r["prompt"] for r in read_jsonl(ROOT / params.task_files.prompts, required=("prompt",))][:args.n]
-    tokenizer, model = load_tokenizer(params.paths), load_policy("sft", params.paths)
+    tokenizer, model = load_tokenizer(params.paths), load_sft(params.paths).eval()
     timed(model, tokenizer, prompts[:4], 4, 8)  # warm-up: first-call allocations and kernels
     batched, t_batched = timed(model, tokenizer, prompts, args.batch_size, args.max_new_tokens)
     single, t_single = timed(model, tokenizer, prompts, 1, args.max_new_tokens)

@@ -4,18 +4,17 @@ parameters, modules in train mode, dtypes, threads, callbacks).
 
     python bench/train_compare.py      # prints `same KEY ...` or `DIFF KEY bare stage` per item
 """
-import os, sys, tempfile, json
+import os, sys, tempfile
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]; sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import torch, trl
-from datasets import Dataset
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed, PrinterCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from dpo_pipeline.config import load_params
 from dpo_pipeline.files import read_jsonl
 from dpo_pipeline.models.dpo import dpo_config
-from dpo_pipeline.models.loading import dtype, load_policy, load_tokenizer
+from dpo_pipeline.models.loading import dtype, load_sft, load_tokenizer
 from dpo_pipeline.models.lora import lora_config
 from stages.train import split_pairs
 
@@ -28,7 +27,7 @@ def build(kind):
         model = AutoModelForCausalLM.from_pretrained(ROOT / paths.base_model, dtype=dtype())
         model = PeftModel.from_pretrained(model, ROOT / paths.sft_model).merge_and_unload()
     else:
-        tok = load_tokenizer(paths); model = load_policy("sft", paths).train()
+        tok = load_tokenizer(paths); model = load_sft(paths).train()
     split, _ = split_pairs(rows, cfg, params.seed)
     args = dpo_config(tempfile.mkdtemp(), params.seed, cfg, params.model.max_length)
     lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)

@@ -1,13 +1,14 @@
 """Where bench/train.py's time goes: its bare() and stage() runs with each optimizer step and each trainer
 callback timed (wall and process CPU), and the stage's callbacks switched off one by one.
 
-    python bench/train_steps.py --pairs 40 stage bare     # RUN: bare | stage | stage-nolive | stage-noprog |
+    python bench/train_steps.py --pairs 40 stage bare     # RUN: bare | stage | stage-kl (KL every train.kl_every) |
+                                                          #      stage-nolive | stage-noprog |
                                                           #      stage-nokl | stage-none (options combine)
 
 Prints per run: the time before training, each step (begin -> end, and its process CPU seconds: on a busy
 machine wall times stretch, CPU times much less), and the seconds each callback event took in all.
 """
-import argparse, os, sys, tempfile, time, json
+import argparse, os, sys, tempfile, time
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
@@ -15,7 +16,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import datasets, dvclive, peft, transformers, trl, torch  # noqa
 from transformers import TrainerCallback
 import train as bench  # bench/train.py
-from stages import train as stage_mod
+from stages import train as stage_mod  # noqa: F401  (imported before any clock starts)
 from dpo_pipeline.config import load_params
 
 class Timer(TrainerCallback):
@@ -89,7 +90,7 @@ def main():
         if run.startswith("bare"):
             total = bench.bare(params, precompute=False)
         else:
-            total = bench.stage(params, kl_every=10**9)
+            total = bench.stage(params, kl_every=params.train.kl_every if "kl" in opts else 10**9)
         report(run, total, t0)
         print("CB", run, {f"{k[0]}.{k[1]}": round(v, 3) for k, v in sorted(CB_TIME.items()) if v > 0.005}, "threads", THREADS, "torch threads", torch.get_num_threads(), flush=True)
         CB_TIME.clear(); THREADS.clear()

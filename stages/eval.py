@@ -41,19 +41,18 @@ def refuse_overlap(params: Params, rows: list[dict]) -> None:
                                 f"{seen[r['prompt']]!r}; held-out prompts must be in no other split")
 
 
-def generate_all(params: Params, names: tuple[str, ...], rows: list[dict]) -> tuple[list[dict], dict, dict]:
+def generate_all(params: Params, rows: list[dict]) -> tuple[list[dict], dict, dict]:
     """Each model's outputs on the prompts that fit the base's context (same decoding and seeds), and each DPO
     round's KL from SFT on them (main process only)."""
     from dpo_pipeline.models import parallel
     from dpo_pipeline.models.generation import fitting
     from dpo_pipeline.models.kl import sequence_kl
-    from dpo_pipeline.models.loading import load_policy, load_tokenizer
+    from dpo_pipeline.models.loading import load_tokenizer, policies
 
     paths, cfg = params.paths, params.eval
     tokenizer = load_tokenizer(paths)
     outputs, kls, sft = {}, {}, None
-    for name in names:
-        model = load_policy(name, paths)
+    for name, model in policies(paths, params.rounds):  # base, sft, dpo, dpo_r2, ... (schema.models)
         if name == "base":  # one architecture, one context: the base decides what fits
             rows = [rows[i] for i in fitting(model, tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens)]
             prompts = [r["prompt"] for r in rows]
@@ -90,7 +89,7 @@ def main(params: Params) -> None:
     parallel.relaunch_if_needed("stages.eval", cfg.num_processes)
     parallel.init()
     n_read = len(rows)
-    rows, outputs, kls = generate_all(params, names, rows)
+    rows, outputs, kls = generate_all(params, rows)
     parallel.finish()
     if not parallel.is_main():
         return

@@ -125,3 +125,54 @@ def test_progress_shows_count_elapsed_rate_and_eta(monkeypatch):
     assert re.search(r"\d+:\d\d:\d\d", line), line  # elapsed and ETA as h:mm:ss
     assert re.search(r"[\d,.]+ prompts/s", line), line
     assert "ETA" in line, line
+
+
+def test_eval_reads_each_model_once_and_gets_the_weights_the_stages_use(micro, tmp_path):
+    """policies() (eval's models: base, SFT, then each round built on the round before) gives bit for bit the
+    weights load_sft and load_merged build from scratch, and leaves the SFT model it yielded untouched (eval
+    keeps it as later rounds' KL reference)."""
+    from pathlib import Path
+
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from dpo_pipeline.config import load_params
+    from dpo_pipeline.models.loading import load_base, load_merged, load_sft, policies
+    from dpo_pipeline.models.lora import save_adapter
+    from dpo_pipeline.rounds import adapters
+
+    path, _ = micro
+    paths = load_params(Path(__file__).resolve().parents[1] / "params.yaml").paths.model_copy(update={
+        "base_model": str(path), "sft_model": str(tmp_path / "sft"), "dpo_model": str(tmp_path / "dpo"),
+        "rounds": str(tmp_path / "rounds")})
+    torch.manual_seed(0)
+    for out in [paths.sft_model, *adapters(paths, 3)]:  # adapters that move the weights (B != 0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(path),
+                               LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.add_(0.1 * torch.randn_like(p))
+        save_adapter(model, Path(out))
+
+    def weights(model) -> dict:
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    seen, sft = [], None
+    for name, model in policies(paths, 3):
+        seen.append(name)
+        assert not model.training
+        if name in ("base", "sft"):
+            expected = (load_base if name == "base" else load_sft)(paths)
+            assert same(weights(model), weights(expected))
+            sft, sft_weights = (model, weights(model)) if name == "sft" else (sft, None)
+        else:  # round k with its own adapter unmerged, on round k-1's policy as load_merged builds it
+            k = {"dpo": 1, "dpo_r2": 2, "dpo_r3": 3}[name]
+            expected = PeftModel.from_pretrained(load_merged(paths, k - 1), adapters(paths, k)[-1])
+            assert same(weights(model), weights(expected))
+    assert seen == ["base", "sft", "dpo", "dpo_r2", "dpo_r3"]
+    assert same(weights(sft), sft_weights)

@@ -31,10 +31,19 @@ def pairs(rounds: int = 1) -> dict[str, tuple[str, str]]:
     """PAIRS, then for each later round: that round vs SFT, and vs the round before (did it still help?)."""
     out = dict(PAIRS)
     for k in range(2, rounds + 1):
-        this, before = model_key(k), model_key(k - 1)
-        out[f"pairwise_{this}_vs_sft"] = (this, "sft")
-        out[f"pairwise_{this}_vs_{before}"] = (this, before)
+        out[vs_sft_key(k)] = (model_key(k), "sft")
+        out[vs_before_key(k)] = (model_key(k), model_key(k - 1))
     return out
+
+
+def vs_sft_key(k: int) -> str:
+    """Round k's policy against SFT in eval.json: round 1's is PAIRWISE, the verdict."""
+    return f"pairwise_{model_key(k)}_vs_sft"
+
+
+def vs_before_key(k: int) -> str:
+    """Round k > 1's policy against the round before's in eval.json."""
+    return f"pairwise_{model_key(k)}_vs_{model_key(k - 1)}"
 
 
 def model_label(name: str) -> str:

@@ -8,9 +8,11 @@ the folder `prepare` wrote (the builtin model), or from where the manifest says 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -18,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from dpo_pipeline.config import Paths
 from dpo_pipeline.errors import UserError
-from dpo_pipeline.rounds import adapters, round_of
+from dpo_pipeline.rounds import adapters, model_key
 
 MANIFEST = "manifest.json"
 # Used when a tokenizer has none (e.g. GPT-2): the builtin template's layout, ending each turn with the
@@ -140,12 +142,6 @@ def load_sft(paths: Paths) -> PreTrainedModel:
     return PeftModel.from_pretrained(load_base(paths), sft["path"]).merge_and_unload()
 
 
-def load_dpo(paths: Paths) -> PreTrainedModel:
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(load_sft(paths), paths.dpo_model)
-
-
 def load_merged(paths: Paths, k: int) -> PreTrainedModel:
     """Round k's policy as plain weights: the SFT model with the DPO adapters of rounds 1..k merged in turn
     (k = 0: the SFT model). Round k+1 samples from it and trains its own adapter on top of it."""
@@ -157,16 +153,25 @@ def load_merged(paths: Paths, k: int) -> PreTrainedModel:
     return model
 
 
-def load_round(paths: Paths, k: int) -> PreTrainedModel:
-    """Round k's policy with its own adapter left unmerged (disabled, it is round k-1's policy): as eval loads
-    it. Round 1 is load_dpo."""
+def policies(paths: Paths, rounds: int) -> Iterator[tuple[str, PreTrainedModel]]:
+    """Eval's models in turn, each in eval mode: ("base", ...), ("sft", ...), then each round's policy with its
+    own adapter unmerged (disabled, it is the round before): ("dpo", ...), ("dpo_r2", ...) (rounds.model_key).
+    Each weight file is read once: SFT is the base with its adapter merged in place (the caller is done with
+    the base by then), round 1 starts from a copy of SFT (the caller may keep SFT: later rounds' KL reference),
+    and round k+1 from round k with its adapter merged, so N rounds cost N merges, not N squared. The weights
+    are the ones load_sft and load_merged build, by the same operations in the same order."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(load_merged(paths, k - 1), adapters(paths, k)[-1])
-
-
-def load_policy(name: str, paths: Paths) -> PreTrainedModel:
-    """"base", "sft", "dpo" (round 1) or a later round's "dpo_r<k>" (dpo_pipeline/rounds.py)."""
-    loaders = {"base": load_base, "sft": load_sft, "dpo": load_dpo}
-    model = loaders[name](paths) if name in loaders else load_round(paths, round_of(name))
-    return model.eval()
+    base = load_base(paths)
+    yield "base", base.eval()
+    sft_info = model_folder(paths.sft_model)
+    sft = load_sft(paths) if sft_info["kind"] == "full" else \
+        PeftModel.from_pretrained(base, sft_info["path"]).merge_and_unload()
+    del base
+    yield "sft", sft.eval()
+    policy = copy.deepcopy(sft)
+    for k in range(1, rounds + 1):
+        model = PeftModel.from_pretrained(policy, adapters(paths, k)[-1])
+        yield model_key(k), model.eval()
+        if k < rounds:
+            policy = model.merge_and_unload()

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dpo_pipeline.evaluation.schema import MODEL_LABELS, MODELS, Metric  # noqa: E402
+from dpo_pipeline.evaluation.schema import MODEL_LABELS, MODELS, Metric, vs_before_key, vs_sft_key  # noqa: E402
 
 CURVES = {  # title: [(file under the DVCLive plots folder, label)]
     "DPO loss": [("loss.tsv", "train"), ("eval/loss.tsv", "validation")],
@@ -100,8 +100,7 @@ def by_round(ev: dict, cis: dict, metrics: list[Metric], trains: list[dict], out
                     fmt="o-", capsize=4)
         ax.set_title(m.label, fontsize=10)
     ax = axes[len(panels)]
-    for label, key in (("vs SFT", lambda k: "pairwise_dpo_vs_sft" if k == 1 else f"pairwise_{model_key(k)}_vs_sft"),
-                       ("vs the round before", lambda k: f"pairwise_{model_key(k)}_vs_{model_key(k - 1)}")):
+    for label, key in (("vs SFT", vs_sft_key), ("vs the round before", vs_before_key)):
         ks = [k for k in range(1, n + 1) if key(k) in ev]
         pws = [ev[key(k)] for k in ks]
         ax.errorbar(ks, [p["win_rate"] for p in pws], yerr=[[p["win_rate"] - p["ci_low"] for p in pws],

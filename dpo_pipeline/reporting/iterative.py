@@ -5,17 +5,17 @@ helping or drifted."""
 from __future__ import annotations
 
 from dpo_pipeline.config import ReportParams
-from dpo_pipeline.evaluation.schema import Metric, headline, model_label
+from dpo_pipeline.evaluation.schema import Metric, headline, model_label, vs_before_key, vs_sft_key
 from dpo_pipeline.reporting.diagnostics import Finding
 from dpo_pipeline.rounds import model_key
 
 
 def vs_sft(ev: dict, k: int) -> dict:
-    return ev["pairwise_dpo_vs_sft"] if k == 1 else ev[f"pairwise_{model_key(k)}_vs_sft"]
+    return ev[vs_sft_key(k)]
 
 
 def vs_before(ev: dict, k: int) -> dict | None:
-    return ev.get(f"pairwise_{model_key(k)}_vs_{model_key(k - 1)}") if k > 1 else None
+    return ev.get(vs_before_key(k)) if k > 1 else None
 
 
 def kl_from_sft(ev: dict, k: int) -> dict:

@@ -7,9 +7,10 @@ from rich.console import Console
 from rich.table import Table
 
 from dpo_pipeline.config import ReportParams
-from dpo_pipeline.evaluation.schema import (FAITHFULNESS, MODELS, PAIRS, PAIRWISE, RELIABILITY, Metric, model_label,
-                                            pair_label)
+from dpo_pipeline.evaluation.schema import (FAITHFULNESS, MODELS, PAIRS, RELIABILITY, Metric, model_label, pair_label,
+                                            vs_sft_key)
 from dpo_pipeline.reporting.diagnostics import diagnose, healthy_evidence, reflection
+from dpo_pipeline.rounds import round_of
 
 def header(names: tuple[str, ...] = MODELS) -> list[str]:
     """Metric, a column a model (a DPO round each), and the last round's gain over SFT."""
@@ -32,7 +33,7 @@ def table_rows(ev: dict, cis: dict, metrics: list[Metric], names: tuple[str, ...
         if ci and f"delta_{last}_sft" in ci:
             delta += f" [{ci[f'delta_{last}_sft']['low']:+.2f}, {ci[f'delta_{last}_sft']['high']:+.2f}]"
         rows.append([m.label, *(cell(name) for name in names), delta])
-    vs_sft = lambda n: ev[PAIRWISE] if n == "dpo" else ev[f"pairwise_{n}_vs_sft"]  # noqa: E731
+    vs_sft = lambda n: ev[vs_sft_key(round_of(n))]  # noqa: E731
     pw = vs_sft(last)
     rows.append(["Preferred (judge pairwise, DPO vs SFT)", "-", "-",
                  *(rate(vs_sft(n), "win_rate", "ci_low", "ci_high") for n in rounds),
