@@ -176,3 +176,7 @@ def test_eval_reads_each_model_once_and_gets_the_weights_the_stages_use(micro, t
             assert same(weights(model), weights(expected))
     assert seen == ["base", "sft", "dpo", "dpo_r2", "dpo_r3"]
     assert same(weights(sft), sft_weights)
+    # One round: round 1 goes on the SFT model itself (no copy), with the same weights
+    one = dict(policies(paths, 1))
+    assert list(one) == ["base", "sft", "dpo"]
+    assert same(weights(one["dpo"]), weights(PeftModel.from_pretrained(load_sft(paths), adapters(paths, 1)[-1])))

@@ -157,9 +157,9 @@ def policies(paths: Paths, rounds: int) -> Iterator[tuple[str, PreTrainedModel]]
     """Eval's models in turn, each in eval mode: ("base", ...), ("sft", ...), then each round's policy with its
     own adapter unmerged (disabled, it is the round before): ("dpo", ...), ("dpo_r2", ...) (rounds.model_key).
     Each weight file is read once: SFT is the base with its adapter merged in place (the caller is done with
-    the base by then), round 1 starts from a copy of SFT (the caller may keep SFT: later rounds' KL reference),
-    and round k+1 from round k with its adapter merged, so N rounds cost N merges, not N squared. The weights
-    are the ones load_sft and load_merged build, by the same operations in the same order."""
+    the base by then), round 1 goes on SFT, and round k+1 on round k with its adapter merged, so N rounds cost
+    N merges, not N squared. The weights are the ones load_sft and load_merged build, by the same operations
+    in the same order."""
     from peft import PeftModel
 
     base = load_base(paths)
@@ -169,7 +169,10 @@ def policies(paths: Paths, rounds: int) -> Iterator[tuple[str, PreTrainedModel]]
         PeftModel.from_pretrained(base, sft_info["path"]).merge_and_unload()
     del base
     yield "sft", sft.eval()
-    policy = copy.deepcopy(sft)
+    # Round 1 on a copy of SFT when there are later rounds (the caller keeps SFT: their KL reference), else on
+    # SFT itself: one model in memory at a time, as with a 7B on one GPU
+    policy = copy.deepcopy(sft) if rounds > 1 else sft
+    del sft
     for k in range(1, rounds + 1):
         model = PeftModel.from_pretrained(policy, adapters(paths, k)[-1])
         yield model_key(k), model.eval()
