@@ -82,7 +82,7 @@ REAL = -S model.base=builtin:smollm2-135m -S paths.reports=reports/$(REAL_NAME) 
        -S sft.max_rows=256 -S sft.learning_rate=1e-3 -S sft.batch_size=8 \
        -S sample.max_prompts=144 -S sample.max_new_tokens=40 -S sample.batch_size=36 \
        -S train.learning_rate=3e-4 -S train.batch_size=8 -S train.epochs=1 -S train.precompute_ref_log_probs=true \
-       -S train.logging_steps=2 -S train.kl_every=6 -S train.kl_prompts=16 -S train.kl_max_new_tokens=40 \
+       -S train.logging_steps=2 -S train.eval_steps=4 -S train.kl_every=6 -S train.kl_prompts=16 -S train.kl_max_new_tokens=40 \
        -S eval.max_prompts=64 -S eval.max_new_tokens=40 -S eval.batch_size=32
 
 # --temp: the experiment runs in a copy, so this workspace keeps the defaults (make run stays the tiny run);

@@ -113,6 +113,7 @@ class SampleParams(Section):
     max_prompts: int | None = Field(gt=0)  # sample the first N prompts of prompts.jsonl (null: all)
     num_candidates: int = Field(ge=2)
     temperatures: list[float]  # one per candidate
+    top_k: int = Field(ge=0)  # 0: the whole vocabulary
     top_p: float = Field(gt=0, le=1)
     max_new_tokens: int = Field(gt=0)
     batch_size: int = Field(gt=0)
@@ -207,6 +208,7 @@ class TrainParams(Lora):
     num_processes: int = Field(ge=1)  # > 1: torchrun, each process a share of every batch
     eval_fraction: float = Field(gt=0, lt=1)
     logging_steps: int = Field(gt=0)
+    eval_steps: int = Field(gt=0)  # the validation pass on the held-out pairs, every N steps
     kl_every: int = Field(gt=0)
     kl_prompts: int = Field(gt=0)
     kl_max_new_tokens: int = Field(gt=0)
@@ -241,6 +243,7 @@ class IterateParams(Section):
 class EvalParams(Section):
     max_prompts: int | None = Field(gt=0)  # evaluate on the first N held-out prompts (null: all)
     temperature: float = Field(ge=0)  # 0 = greedy
+    top_k: int = Field(ge=0)  # 0: the whole vocabulary
     top_p: float = Field(gt=0, le=1)
     max_new_tokens: int = Field(gt=0)
     batch_size: int = Field(gt=0)

@@ -59,8 +59,8 @@ def generate_all(params: Params, rows: list[dict]) -> tuple[list[dict], dict, di
             if not rows:
                 raise UserError(f"{params.task_files.eval_prompts}: every prompt is too long for the model's "
                                 f"context with eval.max_new_tokens {cfg.max_new_tokens}")
-        outputs[name] = parallel.generate(model, tokenizer, prompts, temperature=cfg.temperature, top_p=cfg.top_p,
-                                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+        outputs[name] = parallel.generate(model, tokenizer, prompts, temperature=cfg.temperature, top_k=cfg.top_k,
+                                          top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                           seed=params.seed, label=f"eval {name}")
         if name not in ("base", "sft") and parallel.is_main():
             # KL(policy || SFT): for round 1 the adapter disabled is the SFT model; a later round's disabled

@@ -6,9 +6,10 @@
 Output rows: {id, prompt, responses: [{text, temperature, tokens}, ...]}, the judge's input. When the
 preference pairs come from a dataset (`preferences.source` is not `generated`) there is nothing to sample:
 the stage writes an empty file and loads no model. With `sample.num_processes` > 1 the stage re-launches
-itself under torchrun and each process generates a share of the batches; the output is byte-identical to one
-process's (dpo_pipeline/models/parallel.py). Round k > 1 of iterative DPO samples from round k-1's policy, on
-the prompts `iterate.prompts` gives it, with seeds of its own (dpo_pipeline/rounds.py).
+itself under torchrun and each process generates a share of the batches. Each prompt is seeded by itself, so
+the output is byte-identical whatever the batch size or number of processes (models/generation.py).
+Round k > 1 of iterative DPO samples from round k-1's policy, on the prompts `iterate.prompts` gives it, with
+seeds of its own (dpo_pipeline/rounds.py).
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def main(params: Params, round_num: int = 1) -> None:
     prompts = [r["prompt"] for r in rows]
     start = time.time()
     by_temp = [
-        parallel.generate(model, tokenizer, prompts, temperature=t, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                          batch_size=cfg.batch_size, seed=params.seed + 1000 * i + 100_003 * (round_num - 1),
+        parallel.generate(model, tokenizer, prompts, temperature=t, top_k=cfg.top_k, top_p=cfg.top_p,
+                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=params.seed + 1000 * i + 100_003 * (round_num - 1),
                           label=f"sampling T={t}" + (f", round {round_num}" if round_num > 1 else ""))
         for i, t in enumerate(cfg.temperatures)
     ]

@@ -19,6 +19,7 @@ Training curves go through transformers' DVCLive callback to `paths.train_live` 
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import subprocess
@@ -42,9 +43,10 @@ def split_pairs(rows: list[dict], cfg: TrainParams, seed: int):
     ds = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
     split = ds.train_test_split(test_size=cfg.eval_fraction, seed=seed)
     steps = math.ceil(len(split["train"]) / cfg.batch_size) * cfg.epochs
-    if cfg.logging_steps > steps:
-        raise UserError(f"train.logging_steps ({cfg.logging_steps}) is more than the {steps:.0f} optimizer steps "
-                        f"of this run ({len(split['train'])} pairs): nothing would be logged")
+    for key, what in (("logging_steps", "nothing would be logged"), ("eval_steps", "nothing would be validated")):
+        if getattr(cfg, key) > steps:
+            raise UserError(f"train.{key} ({getattr(cfg, key)}) is more than the {steps:.0f} optimizer steps "
+                            f"of this run ({len(split['train'])} pairs): {what}")
     return split, steps
 
 
@@ -73,9 +75,10 @@ def main(params: Params, round_num: int = 1) -> None:
     main_process = int(os.environ.get("RANK", 0)) == 0
     # --- model & tokenizer: the SFT model (merged; round k: round k-1's policy), a fresh LoRA goes on top
     tokenizer = load_tokenizer(paths)
-    model = load_merged(params.paths, round_num - 1).train()
-    # None: the adapter disabled, i.e. the policy this round starts from; else the SFT model beside it
+    # The reference. None: the adapter disabled, i.e. the policy this round starts from; else the SFT model
+    # beside it, read once: the policy is merged into a copy of it
     reference = load_sft(paths).eval() if round_num > 1 and params.iterate.reference == "sft" else None
+    model = load_merged(params.paths, round_num - 1, sft=copy.deepcopy(reference) if reference else None).train()
     # --- training
     start = time.time()
     if main_process:

@@ -182,16 +182,19 @@ def test_bad_bytes_and_mistyped_fields_name_file_and_line(workdir):
                                                          "string, got int")
 
 
-def test_logging_steps_beyond_the_run_is_refused_before_training(workdir):
+@pytest.mark.parametrize("key", ["logging_steps", "eval_steps"])
+def test_logging_or_validating_beyond_the_run_is_refused_before_training(workdir, key):
     pair = ('{"prompt": [{"role": "user", "content": "x"}], "chosen": [{"role": "assistant", "content": "a"}], '
             '"rejected": [{"role": "assistant", "content": "b"}]}\n')
     (workdir / "artifacts").mkdir()
     (workdir / "artifacts" / "preferences.jsonl").write_text(pair * 20)
+    # 18 training pairs in batches of 16, 3 epochs: 6 steps, fewer than the default eval_steps (10)
     text = (workdir / "params.yaml").read_text().replace("logging_steps: 2", "logging_steps: 500")
-    (workdir / "params.yaml").write_text(text)
+    (workdir / "params.yaml").write_text(text if key == "logging_steps" else text.replace("logging_steps: 500",
+                                                                                          "logging_steps: 2"))
     proc = run_stage("train", workdir)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: train.logging_steps (500) is more than the 6 optimizer steps")
+    assert proc.stderr.startswith(f"error: train.{key} (") and "is more than the 6 optimizer steps" in proc.stderr
 
 
 def test_tiny_model_heads_must_divide_hidden_size(root, tmp_path):

@@ -22,7 +22,8 @@ TINY = {
                                           "batch_size": 32}},
     "sft": {"epochs": 1},
     "sample": {"max_new_tokens": 48},
-    "train": {"epochs": 1, "batch_size": 8, "logging_steps": 1, "eval_fraction": 0.2},
+    "train": {"epochs": 1, "batch_size": 8, "logging_steps": 1, "eval_steps": 2,
+              "eval_fraction": 0.2},
     "eval": {"max_new_tokens": 48, "bootstrap_samples": 200},
 }
 # Two training processes against one: the pairs arrive in another order, and distributed evaluation pads the
@@ -188,10 +189,12 @@ def test_a_beta_experiment_reuses_samples_and_judgments(repo, reproduced):
 
 
 def test_two_processes_generate_byte_for_byte_what_one_does(repo, reproduced):
-    """sample and eval as 2 processes under torchrun (gloo on CPU), each a share of the batches: the samples and
-    the eval outputs have the md5 the one-process baseline committed, and judging is not re-run."""
+    """sample and eval as 2 processes under torchrun (gloo on CPU), each a share of the batches, and batches of
+    another size: the samples and the eval outputs have the md5 the one-process baseline committed, and judging
+    is not re-run."""
     baseline_params(repo)
-    out = sh(repo, "dvc", "exp", "run", "-S", "sample.num_processes=2", "-S", "eval.num_processes=2")
+    out = sh(repo, "dvc", "exp", "run", "-S", "sample.num_processes=2", "-S", "eval.num_processes=2",
+             "-S", "sample.batch_size=7", "-S", "eval.batch_size=7")
     assert "Running stage 'sample'" in out and "Running stage 'eval'" in out
     assert "Running stage 'judge'" not in out  # the same samples: nothing downstream of them changed
 

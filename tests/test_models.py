@@ -55,6 +55,12 @@ def test_generation_is_seeded_and_batch_independent(micro):
     assert a == generate(model, tok, prompts, batch_size=6, **kw)
     assert a != generate(model, tok, prompts, batch_size=6, **{**kw, "seed": 6})
     assert all(0 < r["tokens"] <= 12 for r in a)
+    # Seeded by the prompt: the same responses in batches of 1, 4 (a ragged last batch) or in another order,
+    # and with top-k / top-p truncation too
+    assert generate(model, tok, prompts, batch_size=1, **kw) == a
+    assert generate(model, tok, prompts[::-1], batch_size=4, **kw) == a[::-1]
+    cut = dict(kw, top_k=5, top_p=0.9)
+    assert generate(model, tok, prompts, batch_size=4, **cut) == generate(model, tok, prompts, batch_size=6, **cut)
     greedy = dict(kw, temperature=0)
     assert generate(model, tok, prompts, batch_size=2, **greedy) == generate(model, tok, prompts, batch_size=6,
                                                                                 **greedy)

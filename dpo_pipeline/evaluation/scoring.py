@@ -70,12 +70,10 @@ def aggregate(recs: list[dict], metrics: list[Metric], bootstrap_samples: int, s
         if m.per_prompt:
             intervals[m.key] = {model: ci95(values(model, m)) for model in models}
             f = m.source_field
-            for policy in models[2:]:  # each DPO round
-                intervals[m.key][f"delta_{policy}_sft"] = ci95([r[policy][f] - r["sft"][f] for r in recs if
-                                                                r[policy][f] is not None and r["sft"][f] is not None])
-            for before, policy in zip(models[2:], models[3:]):  # each later round over the round before
-                intervals[m.key][f"delta_{policy}_{before}"] = ci95([r[policy][f] - r[before][f] for r in recs if
-                                                                     r[policy][f] is not None and r[before][f] is not None])
+            # each DPO round against SFT, and each later round against the round before
+            for policy, other in [*((p, "sft") for p in models[2:]), *zip(models[3:], models[2:])]:
+                intervals[m.key][f"delta_{policy}_{other}"] = ci95([r[policy][f] - r[other][f] for r in recs if
+                                                                    r[policy][f] is not None and r[other][f] is not None])
     for key, (a, b) in pairs.items():
         judged = [r for r in recs if r[key]["outcome"]]
         outcomes = [r[key]["outcome"] for r in judged]

@@ -23,7 +23,7 @@ def dpo_config(output_dir: str, seed: int, cfg: TrainParams, max_length: int, wo
         num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size // world_size,
         per_device_eval_batch_size=cfg.batch_size, lr_scheduler_type="linear", warmup_steps=0.1,
         max_length=max_length, logging_steps=cfg.logging_steps, eval_strategy="steps",
-        eval_steps=cfg.logging_steps * 2, eval_on_start=True, **common_args(output_dir, seed),
+        eval_steps=cfg.eval_steps, eval_on_start=True, **common_args(output_dir, seed),
     )
 
 

@@ -1,9 +1,18 @@
-"""Batched, seeded generation from a chat model, and which prompts fit its context."""
+"""Batched generation from a chat model, seeded prompt by prompt, and which prompts fit its context.
+
+Each prompt draws its sampling noise from a generator of its own, seeded from (seed, prompt), and sampling is
+done by the Gumbel-max trick: noise is added to the tempered, truncated log-probabilities and the decoder takes
+the argmax, which is an exact draw from that distribution. So a prompt's response does not depend on which
+other prompts share its batch, on the batch size or on the number of processes (tested byte for byte)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
+                          TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
 from dpo_pipeline.chat import user
 from dpo_pipeline.progress import progress as progress_bar
@@ -23,25 +32,54 @@ def fitting(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
     return [i for i, n in enumerate(lengths) if n + max_new_tokens <= context]
 
 
+def prompt_seed(seed: int, prompt) -> int:
+    """A 63-bit seed of the prompt's own: the same for the same (seed, prompt) on every machine and run."""
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{text}".encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+class PromptNoise(LogitsProcessor):
+    """Gumbel noise for each row from that row's generator, one draw of the vocabulary a step: the argmax of
+    scores + noise is a sample from softmax(scores). Tokens the warpers removed stay at -inf."""
+
+    def __init__(self, seeds: list[int]):
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        u = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators])
+        u = u.clamp(torch.finfo(u.dtype).tiny, 1 - torch.finfo(u.dtype).eps)
+        return scores.float() - torch.log(-torch.log(u)).to(scores.device)
+
+
+def decoding(prompts: list, *, temperature: float, top_k: int, top_p: float, seed: int) -> dict:
+    """`model.generate` arguments: greedy at temperature 0, else a per-prompt seeded sample at `temperature`
+    from the `top_k` most likely tokens (0: all) within `top_p` of the probability mass."""
+    if temperature == 0:
+        return {"do_sample": False}
+    warpers = [TemperatureLogitsWarper(temperature)]
+    warpers += [TopKLogitsWarper(top_k)] if top_k > 0 else []
+    warpers += [TopPLogitsWarper(top_p)] if top_p < 1 else []
+    noise = PromptNoise([prompt_seed(seed, p) for p in prompts])
+    # do_sample=False: generate's own warpers and global RNG stay out; the argmax of the noisy scores samples
+    return {"do_sample": False, "logits_processor": LogitsProcessorList([*warpers, noise])}
+
+
 @torch.no_grad()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list, *,
-             temperature: float, top_p: float, max_new_tokens: int, batch_size: int, seed: int,
+             temperature: float, top_p: float, max_new_tokens: int, batch_size: int, seed: int, top_k: int = 0,
              label: str = "generating") -> list[dict]:
-    """One response per prompt: {"text", "tokens"}. Batched with left padding; each batch reseeds from
-    `seed`, so the same prompts and params give the same responses whatever ran before."""
+    """One response per prompt: {"text", "tokens"}, batched with left padding, each prompt seeded by itself."""
     tokenizer.padding_side = "left"
     out: list[dict] = []
     with progress_bar("prompts") as progress:
         bar = progress.add_task(label, total=len(prompts))
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
-            texts = chat_prompts(tokenizer, batch)
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            torch.manual_seed(seed + start)
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 \
-                else {"do_sample": False}
+            enc = tokenizer(chat_prompts(tokenizer, batch), return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(model.device)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id, **sampling)
+                                 eos_token_id=tokenizer.eos_token_id,
+                                 **decoding(batch, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
             for row in gen[:, enc["input_ids"].shape[1]:]:
                 ids = row.tolist()
                 n = ids.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in ids else len(ids)

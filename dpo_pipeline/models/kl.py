@@ -8,7 +8,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from dpo_pipeline.evaluation.stats import bootstrap_ci
-from dpo_pipeline.models.generation import chat_prompts
+from dpo_pipeline.models.generation import chat_prompts, decoding
 
 @torch.no_grad()
 def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max_new_tokens: int, seed: int,
@@ -22,13 +22,10 @@ def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max
     model.eval()
     tokenizer.padding_side = "left"
     per_sequence, tokens = [], 0
-    # Sampling reseeds torch; fork the RNG so a measurement during training leaves training's draws alone.
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        for start in range(0, len(prompts), batch_size):
-            torch.manual_seed(seed + start)
-            batch_kl, batch_tokens = _log_ratio(model, tokenizer, prompts[start:start + batch_size], max_new_tokens,
-                                                reference)
-            per_sequence, tokens = per_sequence + batch_kl, tokens + batch_tokens
+    for start in range(0, len(prompts), batch_size):
+        batch_kl, batch_tokens = _log_ratio(model, tokenizer, prompts[start:start + batch_size], max_new_tokens,
+                                            seed, reference)
+        per_sequence, tokens = per_sequence + batch_kl, tokens + batch_tokens
     model.train(was_training)
     total = float(np.sum(per_sequence))
     low, high = bootstrap_ci(per_sequence, bootstrap_samples, seed)
@@ -36,12 +33,16 @@ def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max
 
 
 @torch.no_grad()
-def _log_ratio(model, tokenizer, prompts: list, max_new_tokens: int, reference=None) -> tuple[list[float], int]:
+def _log_ratio(model, tokenizer, prompts: list, max_new_tokens: int, seed: int,
+               reference=None) -> tuple[list[float], int]:
     """Each sampled response's sum of log policy - log reference, and the number of response tokens."""
     texts = chat_prompts(tokenizer, prompts)
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    seqs = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens,
-                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    # y ~ policy exactly: temperature 1 over the whole vocabulary (generate's default top_k of 50 would bias
+    # the estimate), each prompt's draws its own (no global RNG touched, training's draws left alone)
+    seqs = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id,
+                          **decoding(prompts, temperature=1.0, top_k=0, top_p=1.0, seed=seed))
     prompt_len = enc["input_ids"].shape[1]
     gen = seqs[:, prompt_len:]
     # A response's tokens run up to and including its first end-of-sequence token; the rest is padding.
@@ -75,9 +76,8 @@ class KLMonitor(TrainerCallback):
 
     def start(self, model) -> None:
         """Step 0. Against the disabled adapter, without sampling: a fresh LoRA adapter starts with B = 0, so
-        the policy IS the reference and the KL is exactly 0 (tested; measured, it was 0.0 to the last bit). On
-        the real model the stage with two measurements took 28 s longer than a bare TRL script in
-        bench/train.py's 5-step run. Against a separate reference model (a later round against SFT), measured."""
+        the policy IS the reference and the KL is exactly 0 (tested; measured, it was 0.0 to the last bit).
+        Against a separate reference model (a later round against SFT), measured."""
         if self.reference is not None:
             return self.measure(model, 0)
         self.record(0, {"kl": 0.0, "kl_per_token": 0.0, "kl_ci_low": 0.0, "kl_ci_high": 0.0})

@@ -142,12 +142,13 @@ def load_sft(paths: Paths) -> PreTrainedModel:
     return PeftModel.from_pretrained(load_base(paths), sft["path"]).merge_and_unload()
 
 
-def load_merged(paths: Paths, k: int) -> PreTrainedModel:
+def load_merged(paths: Paths, k: int, sft: PreTrainedModel | None = None) -> PreTrainedModel:
     """Round k's policy as plain weights: the SFT model with the DPO adapters of rounds 1..k merged in turn
-    (k = 0: the SFT model). Round k+1 samples from it and trains its own adapter on top of it."""
+    (k = 0: the SFT model). Round k+1 samples from it and trains its own adapter on top of it. `sft`: the SFT
+    model already in memory, merged into (the caller passes a copy it may lose), not read again."""
     from peft import PeftModel
 
-    model = load_sft(paths)
+    model = load_sft(paths) if sft is None else sft
     for adapter in adapters(paths, k):
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model

@@ -2,10 +2,9 @@
 process per GPU with NCCL), each generating a share of the batches; every process gets the gathered result
 and process 0 alone goes on to write.
 
-The outputs do not depend on the number of processes: the batches are the same prompts in the same order
-whatever N is (process r takes batches r, r + N, ...), and `generation.generate` reseeds every batch from
-its position in the whole list, so each batch decodes exactly as it would in one process (tested byte for
-byte). They do depend on the batch size, as in one process: a batch is the unit that is seeded and padded.
+The outputs depend neither on the number of processes nor on the batch size: `generation.generate` seeds
+each prompt by the prompt itself (tested byte for byte). Process r takes batches r, r + N, ... of the list, so
+the shares stay balanced when prompts are sorted by length or source.
 """
 
 from __future__ import annotations
@@ -59,9 +58,8 @@ def generate(model, tokenizer, prompts: list, *, batch_size: int, seed: int, lab
         return generate_batches(model, tokenizer, prompts, batch_size=batch_size, seed=seed, label=label,
                                 **decoding)
     starts = list(range(0, len(prompts), batch_size))
-    # A batch seeded from `seed + start` decodes as batch `start` of the whole list would in one process.
     mine = {start: generate_batches(model, tokenizer, prompts[start:start + batch_size], batch_size=batch_size,
-                                    seed=seed + start, label=f"{label} [{rank + 1}/{size}]", **decoding)
+                                    seed=seed, label=f"{label} [{rank + 1}/{size}]", **decoding)
             for start in starts[rank::size]}
     shares: list[dict] = [{} for _ in range(size)]
     torch.distributed.all_gather_object(shares, mine)

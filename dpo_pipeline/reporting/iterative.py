@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dpo_pipeline.config import ReportParams
 from dpo_pipeline.evaluation.schema import Metric, headline, model_label, vs_before_key, vs_sft_key
+from dpo_pipeline.reporting import tables
 from dpo_pipeline.reporting.diagnostics import Finding
 from dpo_pipeline.rounds import model_key
 
@@ -23,10 +24,9 @@ def kl_from_sft(ev: dict, k: int) -> dict:
 
 
 def rate(pw: dict | None, lc: bool = False) -> str:
-    if pw is None:
-        return "-"
-    v, lo, hi = ("lc_win_rate", "lc_ci_low", "lc_ci_high") if lc else ("win_rate", "ci_low", "ci_high")
-    return f"{pw[v]:.1%} [{pw[lo]:.1%}, {pw[hi]:.1%}]" if pw.get(v) is not None else "-"
+    """tables.rate, or "-" where the pair was not judged (no win rate)."""
+    keys = ("lc_win_rate", "lc_ci_low", "lc_ci_high") if lc else ("win_rate", "ci_low", "ci_high")
+    return tables.rate(pw, *keys) if pw and pw.get(keys[0]) is not None else "-"
 
 
 def moves_over_before(cis: dict, metrics: list[Metric], k: int) -> tuple[list[str], list[str]]:
