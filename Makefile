@@ -40,7 +40,8 @@ test: install
 # The regression gate (CI runs it after the tests): reproduce the defaults, compare with the committed
 # metrics, then train at beta 0.5 beside the defaults' 0.1 and check that the higher beta gives the lower KL.
 # Not 0.01: TRL's sigmoid loss scales its gradient by beta, so at 0.01 the DPO term barely moves the policy
-# and KL comes out LOW (0.91 against 2.69 at 0.1 and 1.61 at 0.5 on one machine; 1.91 / 2.03 / 0.45 on another).
+# and KL comes out LOW (0.91 against 2.69 at 0.1 and 1.61 at 0.5 on one machine; 1.91 / 2.03 / 0.45 on another;
+# since issue 15's exact-sample KL estimate: 5.50 at 0.1, 2.48 at 0.5).
 gate: install
 	dvc repro
 	python -m tools.gate

@@ -1,6 +1,7 @@
 """Where the pipeline's time and memory go: a full `dvc repro` stage by stage, a beta change, a no-op.
 
-    python bench/pipeline.py
+    python bench/pipeline.py                 (this commit)
+    python bench/pipeline.py ecd84a4 HEAD    (each commit in turn, in one run, and the ratios between them)
 
 In a fresh clone of this repository (a temporary folder, sharing this .venv), runs each stage with
 `dvc repro -s <stage>` and records its wall time and peak RSS (of the largest process it ran, dvc or the
@@ -36,10 +37,12 @@ def measure(repo: Path, *cmd: str) -> tuple[float, float, str]:
     return float(seconds), float(rss), log
 
 
-def main() -> None:
+def run(rev: str) -> list[tuple[str, float, float]]:
+    """The table's rows for one commit: each stage, the beta change, the no-op."""
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+        subprocess.run(["git", "checkout", "-q", rev], cwd=repo, check=True)
         (repo / ".venv").symlink_to(ROOT / ".venv")
         rows = [(f"stage {s}", *measure(repo, "dvc", "repro", "-s", s)[:2]) for s in STAGES]
         full = sum(r[1] for r in rows)
@@ -56,11 +59,26 @@ def main() -> None:
         seconds, rss, log = measure(repo, "dvc", "repro")
         assert "Running stage" not in log, log
         rows.append(("no-op dvc repro", seconds, rss))
-    print(f"\n{'step':48} {'seconds':>8} {'peak RSS MiB':>13}")
-    for name, seconds, rss in rows:
-        print(f"{name:48} {seconds:8.1f} {rss:13.0f}")
-    print(f"{'full pipeline (sum of stages)':48} {full:8.1f}")
-    print(f"beta change: {rows[-2][1] / full:.2f} of the full run; no-op: {rows[-1][1] / full:.3f}")
+    return rows
+
+
+def main() -> None:
+    revs = sys.argv[1:] or ["HEAD"]
+    results = {rev: run(rev) for rev in revs}
+    for rev, rows in results.items():
+        full = sum(r[1] for r in rows[:len(STAGES)])
+        print(f"\n{rev}\n{'step':48} {'seconds':>8} {'peak RSS MiB':>13}")
+        for name, seconds, rss in rows:
+            print(f"{name:48} {seconds:8.1f} {rss:13.0f}")
+        print(f"{'full pipeline (sum of stages)':48} {full:8.1f}")
+        print(f"beta change: {rows[-2][1] / full:.2f} of the full run; no-op: {rows[-1][1] / full:.3f}")
+    if len(revs) > 1:
+        first = sum(r[1] for r in results[revs[0]][:len(STAGES)])
+        for rev in revs[1:]:
+            rows = results[rev]
+            print(f"{rev} against {revs[0]}: full run {sum(r[1] for r in rows[:len(STAGES)]) / first:.2f}x the time; "
+                  + ", ".join(f"{a[0].removeprefix('stage ')} {b[1] / a[1]:.2f}x"
+                              for a, b in zip(results[revs[0]], rows)))
 
 
 if __name__ == "__main__":
