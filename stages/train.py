@@ -60,12 +60,11 @@ def main(params: Params, round_num: int = 1) -> None:
 
     from dpo_pipeline.models.loading import load_merged, load_sft, load_tokenizer
     from dpo_pipeline.models.lora import lora_config, save_adapter
-    from dpo_pipeline.models.dpo import dpo_config, live_callback, summarize
+    from dpo_pipeline.models.dpo import dpo_config, live_callback, shared_pairs, summarize
     from dpo_pipeline.models.kl import KLMonitor
     from dpo_pipeline.models.training import TrainingProgress
 
-    train_seed = params.seed if cfg.seed is None else cfg.seed
-    set_seed(train_seed)
+    set_seed(train_seed := params.seed if cfg.seed is None else cfg.seed)
     split, steps = split_pairs(rows, cfg, params.seed)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if cfg.num_processes > 1 and world == 1:  # checked the inputs here once; now the real run, N processes
@@ -84,8 +83,8 @@ def main(params: Params, round_num: int = 1) -> None:
     if main_process:
         print(f"[bold]train[/]: DPO on {len(split['train'])} pairs, beta {cfg.beta}, {steps:.0f} steps, "
               f"{world} process{'es' if world > 1 else ''} ...")
-    with tempfile.TemporaryDirectory() as tmp:
-        args = dpo_config(tmp, train_seed, cfg, params.model.max_length, world)
+    with tempfile.TemporaryDirectory() as tmp, \
+            shared_pairs(split, args := dpo_config(tmp, train_seed, cfg, params.model.max_length, world)) as split:
         lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
         live = Live(dir=paths.train_live, dvcyaml=None, save_dvc_exp=False) if main_process else None
         kl_monitor = KLMonitor(tokenizer, [r["prompt"] for r in split["test"]][:cfg.kl_prompts], every=cfg.kl_every,

@@ -275,11 +275,13 @@ def test_two_training_processes_match_one(repo, reproduced):
 
 
 def test_precomputed_reference_log_probs_match_the_per_step_reference(repo, reproduced):
-    """train.precompute_ref_log_probs: the SFT reference runs once over the pairs before training instead
-    of every step. The reference is the same model, so the results match the baseline within tolerance."""
+    """train.precompute_ref_log_probs (the default): the SFT reference runs once over the pairs before training
+    instead of every step. The reference is the same model, so the baseline matches a run with the per-step
+    reference within tolerance."""
     baseline_params(repo)
     one = json.loads(sh(repo, "git", "show", "HEAD:metrics/train.json"))  # the workspace's may be another exp's
-    out = sh(repo, "dvc", "exp", "run", "-S", "train.precompute_ref_log_probs=true")
+    assert "precompute_ref_log_probs: true" in (repo / "params.yaml").read_text()
+    out = sh(repo, "dvc", "exp", "run", "-S", "train.precompute_ref_log_probs=false")
     assert "Running stage 'train'" in out and "Running stage 'judge'" not in out
     pre = json.loads((repo / "metrics/train.json").read_text())
     assert pre["first_step"]["rewards/margins"] == pytest.approx(0.0, abs=1e-3)

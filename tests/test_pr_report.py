@@ -46,6 +46,11 @@ def pr_report(root: Path, repo: Path) -> str:
     return proc.stdout
 
 
+def committed(repo: Path, metric: str = "severity_match", file: str = "metrics/eval.json"):
+    """The base branch's value (eval.json) or 95% CI (eval_ci.json) of SFT+DPO's metric, as committed."""
+    return json.loads((repo / file).read_text())[metric]["dpo"]
+
+
 def edit_json(path: Path, change) -> None:
     data = json.loads(path.read_text())
     change(data)
@@ -73,6 +78,7 @@ def lock_base_outputs(repo: Path, text: str) -> Path:
 
 def test_pr_report_names_changed_params_and_metrics(root, tmp_path):
     repo = base_repo(root, tmp_path)
+    old = committed(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["beta"] = 0.3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -85,13 +91,15 @@ def test_pr_report_names_changed_params_and_metrics(root, tmp_path):
     assert "severity_match.dpo" in out and "0.9" in out
     assert "| Path" in out  # markdown tables
     # The headline section labels the change by the metric schema: severity match went down, which is worse.
-    assert "| Severity match | 0.96 | 0.9 | -0.06 | worse |" in out
+    assert f"| Severity match | {old} | 0.9 | {round(0.9 - old, 4):+.4g} | worse |" in out
 
 
 def test_pr_report_without_base_outputs_sets_the_two_cis_side_by_side(root, tmp_path):
     repo = base_repo(root, tmp_path)  # its dvc.lock names eval outputs that no cache here holds
-    edit_json(repo / "metrics/eval.json", lambda ev: ev["severity_match"].update(dpo=0.9))
-    edit_json(repo / "metrics/eval_ci.json", lambda ci: ci["severity_match"]["dpo"].update(low=0.86, high=0.93))
+    base = committed(repo, file="metrics/eval_ci.json")
+    assert base["low"] > 0.88  # the CI set below lies wholly under the committed one
+    edit_json(repo / "metrics/eval.json", lambda ev: ev["severity_match"].update(dpo=0.84))
+    edit_json(repo / "metrics/eval_ci.json", lambda ci: ci["severity_match"]["dpo"].update(low=0.80, high=0.88))
     (repo / "artifacts").mkdir()
     (repo / LOCKED).write_text(records([1.0] * 50))  # this branch's own outputs are there: base's are not
     git(repo, "commit", "-qam", "worse")
@@ -103,7 +111,7 @@ def test_pr_report_without_base_outputs_sets_the_two_cis_side_by_side(root, tmp_
     assert "| SFT+DPO metric | base | this branch | change | | 95% CIs, base / this branch | beyond noise? |\n" \
            "|---|---|---|---|---|---|---|\n" in out
     severity = next(line for line in out.splitlines() if line.startswith("| Severity match |"))
-    assert severity.endswith("| worse | [0.9367, 0.9800] / [0.8600, 0.9300] | **yes** |")
+    assert severity.endswith(f"| worse | [{base['low']:.4f}, {base['high']:.4f}] / [0.8000, 0.8800] | **yes** |")
     faithfulness = next(line for line in out.splitlines() if line.startswith("| Faithfulness"))
     assert faithfulness.endswith("| no |")  # unchanged: the same CI on both sides
 
@@ -132,6 +140,7 @@ def test_pr_report_pairs_the_prompts_of_both_runs_outputs(root, tmp_path):
 
 def test_pr_report_fetches_base_outputs_from_the_dvc_remote(root, tmp_path):
     repo = base_repo(root, tmp_path)
+    old = committed(repo)
     base = [1.0] * 80 + [0.0] * 20
     remote = tmp_path / "remote"
     with (repo / ".dvc/config").open("a") as f:  # as `dvc remote add -d store <dir>` writes it
@@ -147,5 +156,5 @@ def test_pr_report_fetches_base_outputs_from_the_dvc_remote(root, tmp_path):
     out = pr_report(root, repo)
     assert "paired bootstrap over the 100 eval prompts both runs share" in out
     severity = next(line for line in out.splitlines() if line.startswith("| Severity match |"))
-    assert "| +0.04 | better | [+0.1" in severity and severity.endswith("| **yes** |")
+    assert f"| {round(1.0 - old, 4):+.4g} | better | [+0.1" in severity and severity.endswith("| **yes** |")
     assert (repo / ".dvc/cache" / stored.relative_to(remote)).is_file()  # fetched into the cache

@@ -4,6 +4,12 @@ metrics/train.json keeps."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
 from dpo_pipeline.config import TrainParams
 from dpo_pipeline.models.training import common_args
 
@@ -25,6 +31,31 @@ def dpo_config(output_dir: str, seed: int, cfg: TrainParams, max_length: int, wo
         max_length=max_length, logging_steps=cfg.logging_steps, eval_strategy="steps",
         eval_steps=cfg.eval_steps, eval_on_start=True, **common_args(output_dir, seed),
     )
+
+
+@contextmanager
+def shared_pairs(split, args):
+    """The pairs as every process must see them. With several processes and precomputed reference log-probs,
+    TRL writes the log-probs next to the dataset's files and the other processes read them from there; an
+    in-memory dataset has no files, so each process would look in a temporary folder of its own, where only
+    process 0's file exists (FileNotFoundError on rank 1). So process 0 writes the pairs to one folder first
+    and every process reads them from it; the folder goes when training is done."""
+    if args.world_size == 1 or not args.precompute_ref_log_probs:
+        yield split
+        return
+    from datasets import DatasetDict, load_from_disk
+
+    run = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "0")  # one value for all ranks
+    folder = Path(tempfile.gettempdir()) / f"dpo-pipeline-pairs-{run}"
+    try:
+        with args.main_process_first(local=True, desc="the pairs to a folder every process reads"):
+            if args.local_process_index == 0:
+                DatasetDict(split).save_to_disk(str(folder))
+            pairs = load_from_disk(str(folder))
+        yield pairs
+    finally:
+        if args.local_process_index == 0:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def without_timings(logs: dict) -> dict:
