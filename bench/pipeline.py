@@ -45,7 +45,6 @@ def run(rev: str) -> list[tuple[str, float, float]]:
         subprocess.run(["git", "checkout", "-q", rev], cwd=repo, check=True)
         (repo / ".venv").symlink_to(ROOT / ".venv")
         rows = [(f"stage {s}", *measure(repo, "dvc", "repro", "-s", s)[:2]) for s in STAGES]
-        full = sum(r[1] for r in rows)
         subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", "baseline"],
                        cwd=repo, capture_output=True)  # nothing to commit when the lock reproduced
         seconds, rss, log = measure(repo, "dvc", "exp", "run", "-S", "train.beta=0.3")
@@ -62,23 +61,24 @@ def run(rev: str) -> list[tuple[str, float, float]]:
     return rows
 
 
+def full(rows: list[tuple[str, float, float]]) -> float:
+    """The full pipeline's time: the sum of the stage rows."""
+    return sum(r[1] for r in rows[:len(STAGES)])
+
+
 def main() -> None:
     revs = sys.argv[1:] or ["HEAD"]
     results = {rev: run(rev) for rev in revs}
     for rev, rows in results.items():
-        full = sum(r[1] for r in rows[:len(STAGES)])
         print(f"\n{rev}\n{'step':48} {'seconds':>8} {'peak RSS MiB':>13}")
         for name, seconds, rss in rows:
             print(f"{name:48} {seconds:8.1f} {rss:13.0f}")
-        print(f"{'full pipeline (sum of stages)':48} {full:8.1f}")
-        print(f"beta change: {rows[-2][1] / full:.2f} of the full run; no-op: {rows[-1][1] / full:.3f}")
-    if len(revs) > 1:
-        first = sum(r[1] for r in results[revs[0]][:len(STAGES)])
-        for rev in revs[1:]:
-            rows = results[rev]
-            print(f"{rev} against {revs[0]}: full run {sum(r[1] for r in rows[:len(STAGES)]) / first:.2f}x the time; "
-                  + ", ".join(f"{a[0].removeprefix('stage ')} {b[1] / a[1]:.2f}x"
-                              for a, b in zip(results[revs[0]], rows)))
+        print(f"{'full pipeline (sum of stages)':48} {full(rows):8.1f}")
+        print(f"beta change: {rows[-2][1] / full(rows):.2f} of the full run; no-op: {rows[-1][1] / full(rows):.3f}")
+    for rev in revs[1:]:  # each later commit against the first
+        rows = results[rev]
+        print(f"{rev} against {revs[0]}: full run {full(rows) / full(results[revs[0]]):.2f}x the time; "
+              + ", ".join(f"{a[0].removeprefix('stage ')} {b[1] / a[1]:.2f}x" for a, b in zip(results[revs[0]], rows)))
 
 
 if __name__ == "__main__":
