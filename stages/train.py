@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -58,20 +55,17 @@ def main(params: Params, round_num: int = 1) -> None:
     from transformers import PrinterCallback, set_seed
     from trl import DPOTrainer
 
-    from dpo_pipeline.models.loading import load_merged, load_sft, load_tokenizer
-    from dpo_pipeline.models.lora import lora_config, save_adapter
+    from dpo_pipeline.models import parallel
     from dpo_pipeline.models.dpo import dpo_config, live_callback, shared_pairs, summarize
     from dpo_pipeline.models.kl import KLMonitor
+    from dpo_pipeline.models.loading import load_merged, load_sft, load_tokenizer
+    from dpo_pipeline.models.lora import lora_config, save_adapter
     from dpo_pipeline.models.training import TrainingProgress
 
     set_seed(train_seed := params.seed if cfg.seed is None else cfg.seed)
     split, steps = split_pairs(rows, cfg, params.seed)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if cfg.num_processes > 1 and world == 1:  # checked the inputs here once; now the real run, N processes
-        sys.exit(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                 f"--nproc_per_node={cfg.num_processes}", "-m", "stages.train",
-                                 *sys.argv[1:]]).returncode)
-    main_process = int(os.environ.get("RANK", 0)) == 0
+    parallel.relaunch_if_needed("stages.train", cfg.num_processes)  # inputs checked once, then N processes
+    world, main_process = parallel.world()[1], parallel.is_main()
     # --- model & tokenizer: the SFT model (merged; round k: round k-1's policy), a fresh LoRA goes on top
     tokenizer = load_tokenizer(paths)
     # The reference. None: the adapter disabled, i.e. the policy this round starts from; else the SFT model
@@ -83,33 +77,34 @@ def main(params: Params, round_num: int = 1) -> None:
     if main_process:
         print(f"[bold]train[/]: DPO on {len(split['train'])} pairs, beta {cfg.beta}, {steps:.0f} steps, "
               f"{world} process{'es' if world > 1 else ''} ...")
-    with tempfile.TemporaryDirectory() as tmp, \
-            shared_pairs(split, args := dpo_config(tmp, train_seed, cfg, params.model.max_length, world)) as split:
-        lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-        live = Live(dir=paths.train_live, dvcyaml=None, save_dvc_exp=False) if main_process else None
-        kl_monitor = KLMonitor(tokenizer, [r["prompt"] for r in split["test"]][:cfg.kl_prompts], every=cfg.kl_every,
-                               max_new_tokens=cfg.kl_max_new_tokens, seed=params.seed, live=live,
-                               reference=reference)
-        trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=split["train"],
-                             eval_dataset=split["test"], processing_class=tokenizer, peft_config=lora,
-                             callbacks=[live_callback(live), kl_monitor, TrainingProgress("DPO")] if main_process
-                             else [])
-        trainer.remove_callback(PrinterCallback)  # the log dicts go to dvclive, not the terminal
-        if main_process:
-            kl_monitor.start(trainer.model)  # 0 by construction when the fresh adapter starts as the reference
-        trainer.train()
-        if not main_process:
-            return
-        live.end()
+    lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    live = Live(dir=paths.train_live, dvcyaml=None, save_dvc_exp=False) if main_process else None
+    kl_monitor = KLMonitor(tokenizer, [r["prompt"] for r in split["test"]][:cfg.kl_prompts], every=cfg.kl_every,
+                           max_new_tokens=cfg.kl_max_new_tokens, seed=params.seed, live=live, reference=reference)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = dpo_config(tmp, train_seed, cfg, params.model.max_length, world)
+        with shared_pairs(split, args) as pairs:  # several processes: one copy on disk, read by all
+            trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=pairs["train"],
+                                 eval_dataset=pairs["test"], processing_class=tokenizer, peft_config=lora,
+                                 callbacks=[live_callback(live), kl_monitor, TrainingProgress("DPO")]
+                                 if main_process else [])
+            trainer.remove_callback(PrinterCallback)  # the log dicts go to dvclive, not the terminal
+            if main_process:
+                kl_monitor.start(trainer.model)  # 0 by construction: the fresh adapter starts as the reference
+            trainer.train()
+    if not main_process:
+        return
+    live.end()
     # No wall-clock time in here: metrics must be identical for identical params.
     summary = {"pairs_train": len(split["train"]), "pairs_eval": len(split["test"]),
                **summarize(trainer.state.log_history), "kl": kl_monitor.summary()}
     with atomic_path(paths.dpo_model) as out:
         save_adapter(trainer.model, out)
     write_json(paths.train_metrics, summary)
-    print(f"[bold]train[/]: margins {summary['first_step']['rewards/margins']} -> {summary['final']['rewards/margins']}, "
-          f"KL {summary['kl']['final']}, "
-          f"eval accuracy {summary['eval_final']['rewards/accuracies']} in {time.time() - start:.0f}s -> {paths.dpo_model}")
+    first, final, kl = summary["first_step"], summary["final"], summary["kl"]
+    print(f"[bold]train[/]: margins {first['rewards/margins']} -> {final['rewards/margins']}, KL {kl['final']}, "
+          f"eval accuracy {summary['eval_final']['rewards/accuracies']} in {time.time() - start:.0f}s "
+          f"-> {paths.dpo_model}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def _log_ratio(model, tokenizer, prompts: list, max_new_tokens: int, seed: int,
     texts = chat_prompts(tokenizer, prompts)
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     # y ~ policy exactly: temperature 1 over the whole vocabulary (generate's default top_k of 50 would bias
-    # the estimate), each prompt's draws its own (no global RNG touched, training's draws left alone)
+    # the estimate), each prompt's draws from its own stream (no global RNG touched: training's are left alone)
     seqs = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                           eos_token_id=tokenizer.eos_token_id,
                           **decoding(prompts, temperature=1.0, top_k=0, top_p=1.0, seed=seed))
