@@ -73,8 +73,8 @@ seeds: install
 	python -m tools.seeds $(SEEDS)
 	dvc repro report
 
-# The real profile: the defaults with these changes; 18 min 11 s from a fresh clone on 2 CPU cores (README,
-# "A real model"). LoRA on a pretrained model wants a far lower rate than the tiny model trained from scratch.
+# The real profile: the defaults with these changes; 17 min 33 s on 2 CPU cores (README, "A real model";
+# number_summary 21 min 16 s). LoRA on a pretrained model wants a far lower rate than the tiny model.
 REAL_TASK ?= incident_triage
 REAL_ROUNDS ?= 1
 REAL_NAME = real-smollm2$(if $(filter-out incident_triage,$(REAL_TASK)),-$(REAL_TASK))$(if $(filter-out 1,$(REAL_ROUNDS)),-rounds$(REAL_ROUNDS))
