@@ -15,6 +15,8 @@ judged against SFT and against the round before, with its KL from SFT (`kl_dpo_r
 
 from __future__ import annotations
 
+from functools import partial
+
 from rich import print
 
 from dpo_pipeline import cli
@@ -43,10 +45,10 @@ def refuse_overlap(params: Params, rows: list[dict]) -> None:
 
 def generate_all(params: Params, rows: list[dict]) -> tuple[list[dict], dict, dict]:
     """Each model's outputs on the prompts that fit the base's context (same decoding and seeds), and each DPO
-    round's KL from SFT on them (main process only)."""
+    round's KL from SFT on them."""
     from dpo_pipeline.models import parallel
     from dpo_pipeline.models.generation import fitting
-    from dpo_pipeline.models.kl import sequence_kl
+    from dpo_pipeline.models.kl import kl_summary, log_ratios
     from dpo_pipeline.models.loading import load_tokenizer, policies
 
     paths, cfg = params.paths, params.eval
@@ -62,11 +64,13 @@ def generate_all(params: Params, rows: list[dict]) -> tuple[list[dict], dict, di
         outputs[name] = parallel.generate(model, tokenizer, prompts, temperature=cfg.temperature, top_k=cfg.top_k,
                                           top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                           seed=params.seed, label=f"eval {name}")
-        if name not in ("base", "sft") and parallel.is_main():
-            # KL(policy || SFT): for round 1 the adapter disabled is the SFT model; a later round's disabled
-            # adapter is the round before, so the SFT model is the reference
-            kls[name] = sequence_kl(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, seed=params.seed,
-                                    bootstrap_samples=cfg.bootstrap_samples, reference=None if name == "dpo" else sft)
+        if name not in ("base", "sft"):
+            # KL(policy || SFT), a share of the batches each: for round 1 the adapter disabled is the SFT model;
+            # a later round's disabled adapter is the round before, so the SFT model is the reference
+            ratios = parallel.map_batches(partial(log_ratios, model, tokenizer, max_new_tokens=cfg.max_new_tokens,
+                                                  seed=params.seed, batch_size=cfg.batch_size,
+                                                  reference=None if name == "dpo" else sft), prompts, cfg.batch_size)
+            kls[name] = kl_summary(ratios, cfg.bootstrap_samples, params.seed)
         if name == "sft" and params.rounds > 1:
             sft = model
         del model

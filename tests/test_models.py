@@ -97,6 +97,30 @@ def test_kl_of_a_fresh_adapter_is_zero_and_grows_when_it_changes(micro):
     assert sequence_kl(model, tok, prompts, **kw, reference=base)["kl"] == pytest.approx(moved["kl"], abs=1e-4)
 
 
+def test_a_process_share_of_the_kl_batches_gets_the_values_the_whole_list_does(micro):
+    """What eval's KL under several processes stands on: process r scores batches r, r + N, ... joined into one
+    list, cut again into the same batches; its per-sequence values equal those of one process over every
+    prompt, and `interleave` puts the shares back in the prompts' order (so the estimate is byte-identical)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from dpo_pipeline.models.kl import log_ratios
+    from dpo_pipeline.models.parallel import interleave
+
+    path, _ = micro
+    tok = load_tokenizer(str(path))
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path),
+                           LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False))
+    prompts = [f"Pager alert. {s} is unreachable {i}." for i, s in enumerate(["search", "payments "] * 5)]
+    kw = dict(max_new_tokens=10, seed=0, batch_size=3)
+    whole = log_ratios(model, tok, prompts, **kw)
+    assert len(whole) == 10 and all(n > 0 for _, n in whole) and len({kl for kl, _ in whole}) == 10
+    batches = [prompts[s:s + 3] for s in range(0, 10, 3)]  # 3, 3, 3, 1
+    shares = [log_ratios(model, tok, [p for b in batches[r::2] for p in b], **kw) for r in range(2)]
+    assert interleave(shares, len(prompts), 3) == whole
+    assert interleave([log_ratios(model, tok, prompts[:3], **kw), [], []], 3, 3) == whole[:3]  # idle processes
+
+
 def test_prompts_too_long_for_the_context_are_found_not_crashed_on(micro):
     from transformers import AutoModelForCausalLM
 

@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback
 from dpo_pipeline.evaluation.stats import bootstrap_ci
 from dpo_pipeline.models.generation import chat_prompts, decoding
 
-@torch.no_grad()
+
 def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max_new_tokens: int, seed: int,
                 batch_size: int = 64, bootstrap_samples: int = 1000, reference=None) -> dict:
     """Monte-Carlo KL(policy || reference) for a PEFT model whose reference is the model with its adapter
@@ -18,24 +18,38 @@ def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max
     y ~ policy(.|x) at temperature 1, sum log policy(y_t) - log reference(y_t) over y's tokens,
     average over sequences ("kl"); "kl_per_token" divides by the tokens instead. One sequence a prompt is a
     noisy estimate: "kl_ci_low" / "kl_ci_high" bound it (95% bootstrap over the sampled sequences)."""
+    return kl_summary(log_ratios(model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed,
+                                 batch_size=batch_size, reference=reference), bootstrap_samples, seed)
+
+
+@torch.no_grad()
+def log_ratios(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max_new_tokens: int, seed: int,
+               batch_size: int = 64, reference=None) -> list[tuple[float, int]]:
+    """Per prompt, one response y ~ policy: (sum of log policy - log reference over y's tokens, y's tokens).
+    Each prompt's draw is seeded by the prompt, so a share of the prompts (another process's, under
+    `parallel.map_batches`) gets the same values as in the whole list."""
     was_training = model.training
     model.eval()
     tokenizer.padding_side = "left"
-    per_sequence, tokens = [], 0
-    for start in range(0, len(prompts), batch_size):
-        batch_kl, batch_tokens = _log_ratio(model, tokenizer, prompts[start:start + batch_size], max_new_tokens,
-                                            seed, reference)
-        per_sequence, tokens = per_sequence + batch_kl, tokens + batch_tokens
+    out = [pair for start in range(0, len(prompts), batch_size)
+           for pair in _log_ratio(model, tokenizer, prompts[start:start + batch_size], max_new_tokens, seed,
+                                  reference)]
     model.train(was_training)
-    total = float(np.sum(per_sequence))
+    return out
+
+
+def kl_summary(ratios: list[tuple[float, int]], bootstrap_samples: int, seed: int) -> dict:
+    """`sequence_kl`'s numbers from `log_ratios`' per-sequence values."""
+    per_sequence = [kl for kl, _ in ratios]
+    total, tokens = float(np.sum(per_sequence)), sum(n for _, n in ratios)
     low, high = bootstrap_ci(per_sequence, bootstrap_samples, seed)
-    return {"kl": total / len(prompts), "kl_per_token": total / max(tokens, 1), "kl_ci_low": low, "kl_ci_high": high}
+    return {"kl": total / len(ratios), "kl_per_token": total / max(tokens, 1), "kl_ci_low": low, "kl_ci_high": high}
 
 
 @torch.no_grad()
 def _log_ratio(model, tokenizer, prompts: list, max_new_tokens: int, seed: int,
-               reference=None) -> tuple[list[float], int]:
-    """Each sampled response's sum of log policy - log reference, and the number of response tokens."""
+               reference=None) -> list[tuple[float, int]]:
+    """Each sampled response's sum of log policy - log reference, and its number of tokens."""
     texts = chat_prompts(tokenizer, prompts)
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     # y ~ policy exactly: temperature 1 over the whole vocabulary (generate's default top_k of 50 would bias
@@ -61,7 +75,7 @@ def _log_ratio(model, tokenizer, prompts: list, max_new_tokens: int, seed: int,
             ref = logprobs(model)
     else:
         ref = logprobs(reference)
-    return ((policy - ref) * response).sum(1).tolist(), int(response.sum().item())
+    return list(zip(((policy - ref) * response).sum(1).tolist(), response.sum(1).tolist()))
 
 
 class KLMonitor(TrainerCallback):

@@ -1,6 +1,6 @@
-"""Data-parallel generation for the sample and eval stages: N processes under torchrun (gloo on CPU, one
-process per GPU with NCCL), each generating a share of the batches; every process gets the gathered result
-and process 0 alone goes on to write.
+"""Data-parallel generation for the sample and eval stages (and eval's KL): N processes under torchrun (gloo
+on CPU, one process per GPU with NCCL), each generating a share of the batches; every process gets the
+gathered result and process 0 alone goes on to write.
 
 The outputs depend neither on the number of processes nor on the batch size: `generation.generate` seeds
 each prompt by the prompt itself (tested byte for byte). Process r takes batches r, r + N, ... of the list, so
@@ -54,14 +54,27 @@ def generate(model, tokenizer, prompts: list, *, batch_size: int, seed: int, lab
     from dpo_pipeline.models.generation import generate as generate_batches
 
     rank, size = world()
+    label = label if size == 1 else f"{label} [{rank + 1}/{size}]"
+    return map_batches(lambda share: generate_batches(model, tokenizer, share, batch_size=batch_size, seed=seed,
+                                                      label=label, **decoding), prompts, batch_size)
+
+
+def map_batches(fn, items: list, batch_size: int) -> list:
+    """`fn(items)` (one result per item, in batches of `batch_size` it cuts itself) with each process running it
+    on its share of the batches: process r takes batches r, r + N, ... Those batches joined and cut again are
+    the same batches, as all but the very last are full, so `fn` computes exactly what one process would, and
+    the results come back in the items' order on every process."""
+    rank, size = world()
     if size == 1:
-        return generate_batches(model, tokenizer, prompts, batch_size=batch_size, seed=seed, label=label,
-                                **decoding)
-    starts = list(range(0, len(prompts), batch_size))
-    mine = {start: generate_batches(model, tokenizer, prompts[start:start + batch_size], batch_size=batch_size,
-                                    seed=seed, label=f"{label} [{rank + 1}/{size}]", **decoding)
-            for start in starts[rank::size]}
-    shares: list[dict] = [{} for _ in range(size)]
-    torch.distributed.all_gather_object(shares, mine)
-    merged = {start: rows for share in shares for start, rows in share.items()}
-    return [row for start in starts for row in merged[start]]
+        return fn(items)
+    starts = range(0, len(items), batch_size)
+    shares: list = [None] * size
+    torch.distributed.all_gather_object(shares, fn([x for s in starts[rank::size] for x in items[s:s + batch_size]]))
+    return interleave(shares, len(items), batch_size)
+
+
+def interleave(shares: list[list], n: int, batch_size: int) -> list:
+    """The processes' results back in the order of the n items: batch i is the (i // N)-th batch of share i % N."""
+    size = len(shares)
+    return [x for i in range(-(-n // batch_size))
+            for x in shares[i % size][i // size * batch_size:(i // size + 1) * batch_size]]
