@@ -4,8 +4,8 @@
     python -m stages.train --round 2    (stage train_r2 of iterative DPO: on top of round 1's policy)
 
 With `train.num_processes` > 1 the stage re-launches itself under torchrun (gloo on CPU, NCCL on GPUs): each
-process trains on its share of every batch (the global batch stays `train.batch_size`), and process 0 alone
-logs, measures KL and writes the outputs. For multi-GPU, FSDP or DeepSpeed, see the README.
+process trains on its share of every batch (the global batch stays `train.batch_size`) and measures KL on its
+share of the held-out prompts; process 0 alone logs and writes the outputs. For multi-GPU, FSDP or DeepSpeed, see the README.
 
 The SFT adapter is merged into the base weights, and a fresh LoRA adapter is trained on top. With
 `ref_model=None` TRL computes the reference log-probs with the adapter disabled, i.e. the reference policy
@@ -87,10 +87,9 @@ def main(params: Params, round_num: int = 1) -> None:
             trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=pairs["train"],
                                  eval_dataset=pairs["test"], processing_class=tokenizer, peft_config=lora,
                                  callbacks=[live_callback(live), kl_monitor, TrainingProgress("DPO")]
-                                 if main_process else [])
+                                 if main_process else [kl_monitor])  # every process measures a share of KL
             trainer.remove_callback(PrinterCallback)  # the log dicts go to dvclive, not the terminal
-            if main_process:
-                kl_monitor.start(trainer.model)  # 0 by construction: the fresh adapter starts as the reference
+            kl_monitor.start(trainer.model)  # 0 by construction: the fresh adapter starts as the reference
             trainer.train()
     if not main_process:
         return

@@ -3,11 +3,14 @@ the callback that measures it during DPO training."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from dpo_pipeline.evaluation.stats import bootstrap_ci
+from dpo_pipeline.models import parallel
 from dpo_pipeline.models.generation import chat_prompts, decoding
 
 
@@ -80,7 +83,8 @@ def _log_ratio(model, tokenizer, prompts: list, max_new_tokens: int, seed: int,
 
 class KLMonitor(TrainerCallback):
     """Every `every` steps: KL(policy || SFT reference) on held-out prompts, logged to `live` beside the
-    rewards. `live` None (a non-main process): never measures."""
+    rewards. Under torchrun every process has it and measures an equal share of the prompts (the others would
+    otherwise wait for process 0); `live` None: a process that measures and logs nothing."""
 
     def __init__(self, tokenizer, prompts: list, *, every: int, max_new_tokens: int, seed: int, live=None,
                  reference=None):
@@ -97,11 +101,17 @@ class KLMonitor(TrainerCallback):
         self.record(0, {"kl": 0.0, "kl_per_token": 0.0, "kl_ci_low": 0.0, "kl_ci_high": 0.0})
 
     def measure(self, model, step: int) -> None:
-        self.record(step, sequence_kl(model, self.tokenizer, self.prompts, max_new_tokens=self.max_new_tokens,
-                                      seed=self.seed, reference=self.reference))
+        size = parallel.world()[1]  # one process: sequence_kl's batches of 64; N: one batch each
+        batch = -(-len(self.prompts) // size) if size > 1 else 64
+        ratios = parallel.map_batches(partial(log_ratios, model, self.tokenizer, max_new_tokens=self.max_new_tokens,
+                                              seed=self.seed, batch_size=batch, reference=self.reference),
+                                      self.prompts, batch)
+        self.record(step, kl_summary(ratios, 1000, self.seed))
 
     def record(self, step: int, kl: dict) -> None:
         self.history.append({"step": step, **kl})
+        if self.live is None:
+            return
         self.live.step = step
         self.live.log_metric("kl", kl["kl"])
         # The band around the curve: one sampled sequence a prompt makes single readings noisy.
