@@ -1,4 +1,4 @@
-"""Data-parallel generation: the sample and eval stages as 1 process and as N under torchrun.
+"""Data-parallel stages: sample and eval (and train, on request) as 1 process and as N under torchrun.
 
     dvc repro && python bench/processes.py             # N = 2
     python bench/processes.py --processes 4 --stages sample
