@@ -5,7 +5,8 @@
 
 With `train.num_processes` > 1 the stage re-launches itself under torchrun (gloo on CPU, NCCL on GPUs): each
 process trains on its share of every batch (the global batch stays `train.batch_size`) and measures KL on its
-share of the held-out prompts; process 0 alone logs and writes the outputs. For multi-GPU, FSDP or DeepSpeed, see the README.
+share of the held-out prompts; process 0 alone logs and writes the outputs. For multi-GPU, FSDP or
+DeepSpeed, see the README.
 
 The SFT adapter is merged into the base weights, and a fresh LoRA adapter is trained on top. With
 `ref_model=None` TRL computes the reference log-probs with the adapter disabled, i.e. the reference policy

@@ -1,6 +1,6 @@
-"""Data-parallel generation for the sample and eval stages (and eval's KL): N processes under torchrun (gloo
-on CPU, one process per GPU with NCCL), each generating a share of the batches; every process gets the
-gathered result and process 0 alone goes on to write.
+"""Data-parallel generation for the sample and eval stages, and the KL estimates of eval and of the train
+stage's monitor: N processes under torchrun (gloo on CPU, one process per GPU with NCCL), each working on a
+share of the batches; every process gets the gathered result and process 0 alone goes on to write.
 
 The outputs depend neither on the number of processes nor on the batch size: `generation.generate` seeds
 each prompt by the prompt itself (tested byte for byte). Process r takes batches r, r + N, ... of the list, so
