@@ -26,8 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# One run, in its own process (a thread count is set before torch starts): prints seconds, loss, and the
-# padded/real token ratio of the batching it used.
+# One run, in its own process (a thread count is set before torch starts): prints its seconds and final loss.
 RUN = """
 import json, sys, time
 from pathlib import Path
@@ -59,9 +58,9 @@ print(json.dumps({"seconds": time.perf_counter() - start, "loss": info["final_lo
 RUNS = {"default": (0, None), "micro8": (8, None), "threads1": (0, "1")}
 
 
-def padding(micro: int) -> float:
-    """Tokens computed (each batch padded to its longest example) over real tokens, in a seeded shuffle (as the
-    trainer shuffles; the ratio hardly depends on which)."""
+def lengths() -> tuple["torch.Tensor", int]:
+    """Each pre-training example's tokens, in a seeded shuffle (as the trainer shuffles; the padding ratio
+    hardly depends on which), and the default batch size."""
     import torch
     from transformers import AutoTokenizer
 
@@ -74,13 +73,14 @@ def padding(micro: int) -> float:
     task = get_task(params.task)
     tok = AutoTokenizer.from_pretrained(ROOT / "models" / "base")
     rows = read_jsonl(params.task_files.sft_data, required=("prompt", "response"))
-    lengths = torch.tensor([len(tok(task.pretrain_text(r["prompt"], r["response"]))["input_ids"]) + 1
-                            for r in rows])  # + the end-of-text token
-    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(params.seed))
-    lengths = lengths[order]
-    size = micro or params.model.tiny.batch_size
-    padded = sum(int(lengths[i:i + size].max()) * len(lengths[i:i + size]) for i in range(0, len(lengths), size))
-    return padded / int(lengths.sum())
+    n = torch.tensor([len(tok(task.pretrain_text(r["prompt"], r["response"]))["input_ids"]) + 1
+                      for r in rows])  # + the end-of-text token
+    return n[torch.randperm(len(n), generator=torch.Generator().manual_seed(params.seed))], params.model.tiny.batch_size
+
+
+def padding(n, size: int) -> float:
+    """Tokens computed (each batch of `size` padded to its longest example) over real tokens."""
+    return sum(int(n[i:i + size].max()) * len(n[i:i + size]) for i in range(0, len(n), size)) / int(n.sum())
 
 
 def main() -> None:
@@ -89,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     from safetensors.torch import load_file
 
-    results = {}
+    results, (n, batch_size) = {}, lengths()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.runs:
             micro, threads = RUNS[name]
@@ -98,7 +98,7 @@ def main() -> None:
             line = subprocess.run([sys.executable, "-c", RUN, str(micro), str(out)], cwd=ROOT, env=env,
                                   capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             results[name] = {**json.loads(line), "weights": load_file(out / "model.safetensors"),
-                             "padding": padding(micro)}
+                             "padding": padding(n, micro or batch_size)}
             print(f"{name}: {results[name]['seconds']:.1f} s", flush=True)
     first = results[args.runs[0]]
     print(f"\n{'run':10} {'seconds':>8} {'ratio':>6} {'loss':>7} {'max |dw|':>9} {'padded/real tokens':>19}")

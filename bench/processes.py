@@ -27,18 +27,18 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-OUTPUT = {"sample": "samples", "eval": "eval_outputs", "train": "train_metrics"}
+# Each stage's outputs (paths keys), written into the run's folder; the first is the one compared.
+OUTPUTS = {"sample": ["samples"], "eval": ["eval_outputs", "eval_metrics", "eval_ci"],
+           "train": ["train_metrics", "dpo_model", "train_live"]}
 
 
 def run(stage: str, processes: int, workdir: Path) -> float:
     """Write workdir/params.yaml (models and data read from the repo, outputs here), run the stage, time it."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     paths = params["paths"]
-    outputs = {"sample": ["samples"], "eval": ["eval_outputs", "eval_metrics", "eval_ci"],
-               "train": ["dpo_model", "train_metrics", "train_live"]}[stage]
     for key in ("data", "base_model", "sft_model", "dpo_model", "preferences"):
         paths[key] = str(ROOT / paths[key])
-    for key in outputs:
+    for key in OUTPUTS[stage]:
         paths[key] = str(workdir / Path(paths[key]).name)
     params[stage]["num_processes"] = processes
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -54,7 +54,7 @@ def run(stage: str, processes: int, workdir: Path) -> float:
 def identical(stage: str, paths: dict, one: Path, many: Path) -> bool | str:
     """The outputs byte for byte, and for eval every metric (its KL included) but the machine's thread count.
     Training in N processes matches one within a tolerance only (tests/test_e2e.py): the final KLs, side by side."""
-    name = Path(paths[OUTPUT[stage]]).name
+    name = Path(paths[OUTPUTS[stage][0]]).name
     if stage == "train":
         return "final KL {} vs {}".format(*(json.loads((folder / name).read_text())["kl"]["final"]
                                             for folder in (one, many)))
@@ -71,7 +71,7 @@ def identical(stage: str, paths: dict, one: Path, many: Path) -> bool | str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--processes", type=int, default=2)
-    ap.add_argument("--stages", nargs="+", default=["sample", "eval"], choices=list(OUTPUT))
+    ap.add_argument("--stages", nargs="+", default=["sample", "eval"], choices=list(OUTPUTS))
     args = ap.parse_args()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     print(f"{'stage':8} {'1 process, s':>13} {f'{args.processes} processes, s':>15} {'speed-up':>9} identical")

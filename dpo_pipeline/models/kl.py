@@ -13,9 +13,11 @@ from dpo_pipeline.evaluation.stats import bootstrap_ci
 from dpo_pipeline.models import parallel
 from dpo_pipeline.models.generation import chat_prompts, decoding
 
+BATCH_SIZE, BOOTSTRAP_SAMPLES = 64, 1000  # sequences a forward pass; resamples for the CI (eval passes its own)
+
 
 def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max_new_tokens: int, seed: int,
-                batch_size: int = 64, bootstrap_samples: int = 1000, reference=None) -> dict:
+                batch_size: int = BATCH_SIZE, bootstrap_samples: int = BOOTSTRAP_SAMPLES, reference=None) -> dict:
     """Monte-Carlo KL(policy || reference) for a PEFT model whose reference is the model with its adapter
     disabled, or the model `reference` when given (a later DPO round against the SFT model): sample
     y ~ policy(.|x) at temperature 1, sum log policy(y_t) - log reference(y_t) over y's tokens,
@@ -27,7 +29,7 @@ def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max
 
 @torch.no_grad()
 def log_ratios(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max_new_tokens: int, seed: int,
-               batch_size: int = 64, reference=None) -> list[tuple[float, int]]:
+               batch_size: int = BATCH_SIZE, reference=None) -> list[tuple[float, int]]:
     """Per prompt, one response y ~ policy: (sum of log policy - log reference over y's tokens, y's tokens).
     Each prompt's draw is seeded by the prompt, so a share of the prompts (another process's, under
     `parallel.map_batches`) gets the same values as in the whole list."""
@@ -101,12 +103,12 @@ class KLMonitor(TrainerCallback):
         self.record(0, {"kl": 0.0, "kl_per_token": 0.0, "kl_ci_low": 0.0, "kl_ci_high": 0.0})
 
     def measure(self, model, step: int) -> None:
-        size = parallel.world()[1]  # one process: sequence_kl's batches of 64; N: one batch each
-        batch = -(-len(self.prompts) // size) if size > 1 else 64
+        size = parallel.world()[1]  # one process: the usual batches; N: one batch each
+        batch = -(-len(self.prompts) // size) if size > 1 else BATCH_SIZE
         ratios = parallel.map_batches(partial(log_ratios, model, self.tokenizer, max_new_tokens=self.max_new_tokens,
                                               seed=self.seed, batch_size=batch, reference=self.reference),
                                       self.prompts, batch)
-        self.record(step, kl_summary(ratios, 1000, self.seed))
+        self.record(step, kl_summary(ratios, BOOTSTRAP_SAMPLES, self.seed))
 
     def record(self, step: int, kl: dict) -> None:
         self.history.append({"step": step, **kl})
