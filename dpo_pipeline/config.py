@@ -31,6 +31,7 @@ class Paths(Section):
     dpo_model: str
     samples: str
     preferences: str
+    eval_baselines: str  # the base's and SFT's eval outputs (stage eval_baselines)
     eval_outputs: str
     judge_metrics: str
     train_metrics: str

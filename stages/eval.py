@@ -1,14 +1,15 @@
-"""Evaluate base vs SFT vs SFT+DPO on the held-out prompts.
+"""Evaluate base vs SFT vs SFT+DPO on the held-out prompts: SFT+DPO's outputs, its KL, judging and metrics.
 
-    python -m stages.eval           (run by `dvc repro` as stage `eval`)
+    python -m stages.eval           (run by `dvc repro` as stage `eval`, after stage `eval_baselines`)
 
-All three models decode with the same params and seeds. Metrics (metrics/eval.json):
-the task's rates, the judge's faithfulness and the mean length per model (as
-dpo_pipeline/evaluation/schema.py declares them) ({metric: {base, sft, dpo}}), KL(SFT+DPO || SFT)
-on the eval prompts, and pairwise preference for every pair of models (DPO vs SFT, DPO vs base, SFT vs
-base) judged in both orders, raw and length-controlled, each with a 95% bootstrap CI over prompts; the
-judge's reliability on those verdicts (dpo_pipeline/judging/reliability.py). The per-model 95% CIs go to
-`paths.eval_ci`; per-prompt outputs, scores and verdicts to `paths.eval_outputs`.
+The base's and SFT's outputs come from stage eval_baselines (stages/eval_baselines.py): nothing DPO does changes
+them, so `dvc exp run -S train.beta=0.3` re-runs this stage without generating two of its three models again.
+All three decode with the same params and seeds. Metrics (metrics/eval.json): the task's rates, the judge's
+faithfulness and the mean length per model (as dpo_pipeline/evaluation/schema.py declares them)
+({metric: {base, sft, dpo}}), KL(SFT+DPO || SFT) on the eval prompts, and pairwise preference for every pair
+of models (DPO vs SFT, DPO vs base, SFT vs base) judged in both orders, raw and length-controlled, each with a
+95% bootstrap CI over prompts; the judge's reliability on those verdicts (dpo_pipeline/judging/reliability.py).
+The per-model 95% CIs go to `paths.eval_ci`; per-prompt outputs, scores and verdicts to `paths.eval_outputs`.
 With `rounds` > 1 (iterative DPO) every round's policy is one more model ("dpo_r2", ...) on the same prompts,
 judged against SFT and against the round before, with its KL from SFT (`kl_dpo_r2_vs_sft`).
 """
@@ -22,6 +23,7 @@ from rich import print
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
+from dpo_pipeline.evaluation.held_out import decode
 from dpo_pipeline.evaluation.schema import PAIRWISE, model_metrics, models, pairs
 from dpo_pipeline.evaluation.scoring import aggregate, pair_items, records
 from dpo_pipeline.files import read_jsonl, read_text, write_json, write_jsonl
@@ -32,71 +34,54 @@ from dpo_pipeline.rounds import check_declared
 from dpo_pipeline.tasks import get_task
 
 
-def refuse_overlap(params: Params, rows: list[dict]) -> None:
-    """Held-out means held out: an eval prompt that is also an SFT or sampling prompt is refused."""
-    files = params.task_files
-    for path in (files.sft_data, files.prompts):
-        seen = {r["prompt"]: r["id"] for r in read_jsonl(path, required=("id", "prompt"))}
-        for r in rows:
-            if r["prompt"] in seen:
-                raise UserError(f"{files.eval_prompts}: id {r['id']!r} has the prompt of {path} id "
-                                f"{seen[r['prompt']]!r}; held-out prompts must be in no other split")
-
-
-def generate_all(params: Params, rows: list[dict]) -> tuple[list[dict], dict, dict]:
-    """Each model's outputs on the prompts that fit the base's context (same decoding and seeds), and each DPO
-    round's KL from SFT on them."""
+def generate_policies(params: Params, rows: list[dict]) -> tuple[dict, dict]:
+    """Each DPO round's outputs on the baselines' prompts, and its KL from SFT on them."""
     from dpo_pipeline.models import parallel
-    from dpo_pipeline.models.generation import fitting
     from dpo_pipeline.models.kl import kl_summary, log_ratios
     from dpo_pipeline.models.loading import load_tokenizer, policies
 
-    paths, cfg = params.paths, params.eval
-    tokenizer = load_tokenizer(paths)
+    cfg, prompts = params.eval, [r["prompt"] for r in rows]
+    tokenizer = load_tokenizer(params.paths)
     outputs, kls, sft = {}, {}, None
-    for name, model in policies(paths, params.rounds):  # base, sft, dpo, dpo_r2, ... (schema.models)
-        if name == "base":  # one architecture, one context: the base decides what fits
-            rows = [rows[i] for i in fitting(model, tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens)]
-            prompts = [r["prompt"] for r in rows]
-            if not rows:
-                raise UserError(f"{params.task_files.eval_prompts}: every prompt is too long for the model's "
-                                f"context with eval.max_new_tokens {cfg.max_new_tokens}")
-        outputs[name] = parallel.generate(model, tokenizer, prompts, temperature=cfg.temperature, top_k=cfg.top_k,
-                                          top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                          seed=params.seed, label=f"eval {name}")
-        if name not in ("base", "sft"):
-            # KL(policy || SFT), a share of the batches each: for round 1 the adapter disabled is the SFT model;
-            # a later round's disabled adapter is the round before, so the SFT model is the reference
-            ratios = parallel.map_batches(partial(log_ratios, model, tokenizer, max_new_tokens=cfg.max_new_tokens,
-                                                  seed=params.seed, batch_size=cfg.batch_size,
-                                                  reference=None if name == "dpo" else sft), prompts, cfg.batch_size)
-            kls[name] = kl_summary(ratios, cfg.bootstrap_samples, params.seed)
+    for name, model in policies(params.paths, params.rounds):  # base and SFT to build on: schema.models' order
         if name == "sft" and params.rounds > 1:
             sft = model
+        if name in ("base", "sft"):  # their outputs are the baselines'
+            continue
+        outputs[name] = decode(model, tokenizer, prompts, params, name)
+        # KL(policy || SFT), a share of the batches each: for round 1 the adapter disabled is the SFT model;
+        # a later round's disabled adapter is the round before, so the SFT model is the reference
+        ratios = parallel.map_batches(partial(log_ratios, model, tokenizer, max_new_tokens=cfg.max_new_tokens,
+                                              seed=params.seed, batch_size=cfg.batch_size,
+                                              reference=None if name == "dpo" else sft), prompts, cfg.batch_size)
+        kls[name] = kl_summary(ratios, cfg.bootstrap_samples, params.seed)
         del model
-    return rows, outputs, kls
+    return outputs, kls
 
 
 def main(params: Params) -> None:
     paths, cfg = params.paths, params.eval
     check_declared(params)  # rounds in params.yaml = the rounds dvc.yaml has stages for
     names, compared = models(params.rounds), pairs(params.rounds)
-    rows = read_jsonl(params.task_files.eval_prompts, required=("id", "prompt"))[:cfg.max_prompts]
-    refuse_overlap(params, rows)
+    held_out = read_jsonl(params.task_files.eval_prompts, required=("id", "prompt"))[:cfg.max_prompts]
+    rows = read_jsonl(paths.eval_baselines, required=("id", "prompt", "outputs"))
+    if not {r["id"]: r["prompt"] for r in rows}.items() <= {r["id"]: r["prompt"] for r in held_out}.items():
+        raise UserError(f"{paths.eval_baselines}: not the baselines of {params.task_files.eval_prompts} "
+                        f"(eval.max_prompts {cfg.max_prompts}): run `dvc repro eval_baselines` first")
     task = get_task(params.task)
     judge = make_judge(params.judge, task, read_text(params.task_files.policy))
 
     from dpo_pipeline.models import parallel
     from dpo_pipeline.models.loading import machine
 
-    # --- generate with each model, same prompts, decoding params and seeds (num_processes: a share each)
+    # --- generate with each DPO round (base's and SFT's outputs are the baselines'); num_processes: a share each
     parallel.relaunch_if_needed("stages.eval", cfg.num_processes)
     parallel.init()
-    n_read = len(rows)
-    rows, outputs, kls = generate_all(params, rows)
+    outputs, kls = generate_policies(params, rows)
     parallel.finish()
     if not parallel.is_main():
         return
+    outputs = {m: [r["outputs"][m] for r in rows] for m in ("base", "sft")} | outputs
 
     # --- score each response; judge each pair of models in both orders (invalid judge answers are excluded)
     scores = judge.score_all([(row["prompt"], outputs[m][i]["text"]) for m in names for i, row in enumerate(rows)])
@@ -113,7 +98,7 @@ def main(params: Params) -> None:
     metrics, intervals = aggregate(recs, schema, cfg.bootstrap_samples, params.seed, names, compared)
     for name, kl in kls.items():
         metrics[f"kl_{name}_vs_sft"] = {k: round(v, 4) for k, v in kl.items()}
-    metrics |= {"n_prompts": len(recs), "dropped_too_long": n_read - len(recs),  # no room for max_new_tokens
+    metrics |= {"n_prompts": len(recs), "dropped_too_long": len(held_out) - len(recs),  # no room for max_new_tokens
                 "judge": {"backend": judge.name, **judge.usage.as_metrics()}, "judge_reliability": trust,
                 "machine": machine()}  # the same params give the same numbers on this kind of machine only
     write_jsonl(paths.eval_outputs, recs)

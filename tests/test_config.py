@@ -144,13 +144,13 @@ def test_a_stage_with_a_bad_param_exits_2_with_one_line(workdir):
 
 
 # Rows with every field any stage requires, then a truncated line.
-ROW = '{"id": "%s", "prompt": "x", "response": "y", "responses": [], "chosen": [], "rejected": []}\n'
+ROW = '{"id": "%s", "prompt": "x", "response": "y", "responses": [], "chosen": [], "rejected": [], "outputs": {}}\n'
 BROKEN = ROW % "a" + ROW % "b" + '{"id": "c", "prompt": \n'
 
 
 @pytest.mark.parametrize("stage, path_key", [
     ("prepare", "sft_data"), ("sft", "sft_data"), ("sample", "prompts"), ("judge", "samples"),
-    ("train", "preferences"), ("eval", "eval_prompts"),
+    ("train", "preferences"), ("eval_baselines", "eval_prompts"), ("eval", "eval_prompts"), ("eval", "eval_baselines"),
 ])
 def test_a_malformed_jsonl_line_names_file_and_line(workdir, stage, path_key):
     params = load_params(workdir / "params.yaml")
@@ -217,10 +217,23 @@ def test_eval_prompts_that_are_training_prompts_are_refused(workdir):
     task = workdir / "data" / "incident_triage"
     sampled = (task / "prompts.jsonl").read_text().splitlines()[5]
     (task / "eval.jsonl").write_text('{"id": "e1", "prompt": "new"}\n' + sampled.replace('"prompts-', '"e-') + "\n")
-    proc = run_stage("eval", workdir)
+    proc = run_stage("eval_baselines", workdir)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("error: data/incident_triage/eval.jsonl: id 'e-00005' has the prompt of "
                                   "data/incident_triage/prompts.jsonl id 'prompts-00005'; held-out prompts"), proc.stderr
+
+
+def test_eval_refuses_baselines_of_other_prompts(workdir):
+    """Base's and SFT's outputs from stage eval_baselines must be of today's held-out prompts (dvc repro sees to
+    it; a stage run by hand after eval.jsonl changed would compare DPO with outputs on other prompts)."""
+    (workdir / "data" / "incident_triage" / "eval.jsonl").write_text('{"id": "a", "prompt": "x"}\n')
+    (workdir / "artifacts").mkdir(exist_ok=True)
+    (workdir / "artifacts" / "eval_baselines.jsonl").write_text('{"id": "a", "prompt": "y", "outputs": {}}\n')
+    proc = run_stage("eval", workdir)
+    assert (proc.returncode, proc.stderr.count("\n")) == (2, 1), proc.stderr
+    assert proc.stderr.startswith("error: artifacts/eval_baselines.jsonl: not the baselines of "
+                                  "data/incident_triage/eval.jsonl (eval.max_prompts None): run `dvc repro "
+                                  "eval_baselines` first"), proc.stderr
 
 
 def test_the_stage_log_gets_one_line_per_finished_stage_and_none_for_a_failed_one(tmp_path, monkeypatch):

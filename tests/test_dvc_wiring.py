@@ -19,7 +19,7 @@ import yaml
 # only a docstring (tests/test_layout.py checks), so importing a room's module costs no dependency on them.
 PLUMBING = {"dpo_pipeline", "dpo_pipeline.cli", "dpo_pipeline.config", "dpo_pipeline.errors", "dpo_pipeline.files",
             "dpo_pipeline.models", "dpo_pipeline.judging", "dpo_pipeline.evaluation", "dpo_pipeline.reporting"}
-STAGES = ["prepare", "sft", "sample", "judge", "train", "eval", "report"]
+STAGES = ["prepare", "sft", "sample", "judge", "train", "eval_baselines", "eval", "report"]
 TASK_MODULE = "${task.module}"
 
 

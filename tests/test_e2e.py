@@ -181,25 +181,26 @@ def test_a_stage_killed_midway_leaves_nothing_dvc_accepts_and_reruns_to_the_same
 
 def test_a_beta_experiment_reuses_samples_and_judgments(repo, reproduced):
     out = sh(repo, "dvc", "exp", "run", "-S", "train.beta=0.3")
-    assert "Running stage 'train'" in out
-    for stage in ("prepare", "sft", "sample", "judge"):
+    assert "Running stage 'train'" in out and "Running stage 'eval'" in out
+    for stage in ("prepare", "sft", "sample", "judge", "eval_baselines"):  # the base's and SFT's outputs too
         assert f"Running stage '{stage}'" not in out, out
     table = sh(repo, "dvc", "exp", "show", "--md", "--no-pager")
     assert "beta" in table and "0.3" in table and "0.1" in table and "severity_match" in table
 
 
 def test_two_processes_generate_byte_for_byte_what_one_does(repo, reproduced):
-    """sample and eval as 2 processes under torchrun (gloo on CPU), each a share of the batches, and batches of
+    """sample and eval (both stages) as 2 processes under torchrun (gloo on CPU), each a share of the batches, and batches of
     another size: the samples and the eval outputs have the md5 the one-process baseline committed, and judging
     is not re-run."""
     baseline_params(repo)
     out = sh(repo, "dvc", "exp", "run", "-S", "sample.num_processes=2", "-S", "eval.num_processes=2",
              "-S", "sample.batch_size=7", "-S", "eval.batch_size=7")
-    assert "Running stage 'sample'" in out and "Running stage 'eval'" in out
+    assert all(f"Running stage '{s}'" in out for s in ("sample", "eval_baselines", "eval"))
     assert "Running stage 'judge'" not in out  # the same samples: nothing downstream of them changed
 
     def md5s(lock: dict) -> dict:  # eval.json aside: it names the machine, threads included (1 a process)
-        return {o["path"]: o["md5"] for stage in ("sample", "eval") for o in lock["stages"][stage]["outs"]
+        return {o["path"]: o["md5"] for stage in ("sample", "eval_baselines", "eval")
+                for o in lock["stages"][stage]["outs"]
                 if o["path"] != "metrics/eval.json"}
 
     committed = yaml.safe_load(sh(repo, "git", "show", "HEAD:dvc.lock"))
@@ -327,7 +328,7 @@ def test_the_second_task_runs_with_one_param_changed(repo, reproduced):
     baseline_params(repo)
     out = sh(repo, "dvc", "exp", "run", "-S", "task.name=number_summary", "-S",
              "task.module=dpo_pipeline/tasks/number_summary.py")
-    for stage in ("prepare", "sft", "sample", "judge", "train", "eval", "report"):
+    for stage in ("prepare", "sft", "sample", "judge", "train", "eval_baselines", "eval", "report"):
         assert f"Running stage '{stage}'" in out, stage
     ev = json.loads((repo / "metrics/eval.json").read_text())
     assert "severity_match" not in ev
@@ -383,7 +384,7 @@ def test_two_rounds_of_iterative_dpo(repo, reproduced):
     sh(repo, sys.executable, "-m", "tools.rounds", "2")
     try:
         out = sh(repo, "dvc", "repro")
-        for stage in ("prepare", "sft", "sample", "judge", "train"):
+        for stage in ("prepare", "sft", "sample", "judge", "train", "eval_baselines"):
             assert f"Running stage '{stage}'" not in out
         for stage in ("sample_r2", "judge_r2", "train_r2", "eval", "report"):
             assert f"Running stage '{stage}'" in out

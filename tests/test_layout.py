@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = {"prepare", "sft", "sample", "judge", "train", "eval", "report"}
+STAGES = {"prepare", "sft", "sample", "judge", "train", "eval_baselines", "eval", "report"}
 ROOMS = ("models", "judging", "evaluation", "reporting")
 
 
@@ -33,7 +33,7 @@ def imported(path: Path) -> set[str]:
     return names
 
 
-def test_stages_holds_only_the_seven_recipes():
+def test_stages_holds_only_the_eight_recipes():
     files = {p.stem for p in (ROOT / "stages").iterdir() if p.suffix == ".py"} - {"__init__"}
     assert files == STAGES
     for name in STAGES:

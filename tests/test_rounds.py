@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DVC_YAML = (ROOT / "dvc.yaml").read_text()
 PARAMS = load_params(ROOT / "params.yaml")
 ONE_ROUND = {("prepare", "sft"), ("prepare", "sample"), ("sft", "sample"), ("sample", "judge"), ("prepare", "train"),
-             ("sft", "train"), ("judge", "train"), ("prepare", "eval"), ("sft", "eval"), ("train", "eval"),
+             ("sft", "train"), ("judge", "train"), ("prepare", "eval_baselines"), ("sft", "eval_baselines"),
+             ("prepare", "eval"), ("sft", "eval"), ("train", "eval"), ("eval_baselines", "eval"),
              ("judge", "report"), ("train", "report"), ("eval", "report")}
 
 
@@ -45,7 +46,7 @@ def test_the_committed_dvc_yaml_matches_params_rounds():
 def test_one_round_is_the_plain_pipeline():
     assert edges(render(DVC_YAML, 1)) == ONE_ROUND
     assert set(yaml.safe_load(render(DVC_YAML, 1))["stages"]) == {"prepare", "sft", "sample", "judge", "train",
-                                                                  "eval", "report"}
+                                                                  "eval_baselines", "eval", "report"}
 
 
 def test_round_k_depends_on_the_rounds_before_it_only():
@@ -58,10 +59,11 @@ def test_round_k_depends_on_the_rounds_before_it_only():
     # nothing of round 1 depends on a later round, nothing of round 2 on round 3
     assert not {(a, b) for a, b in graph if a.endswith("_r2") and b in ("prepare", "sft", "sample", "judge", "train")}
     assert not {(a, b) for a, b in graph if a.endswith("_r3") and b.endswith("_r2")}
-    assert {a for a, b in graph if b == "eval"} == {"prepare", "sft", "train", "train_r2", "train_r3"}
+    assert {a for a, b in graph if b == "eval"} == {"prepare", "sft", "eval_baselines", "train", "train_r2", "train_r3"}
+    assert {a for a, b in graph if b == "eval_baselines"} == {"prepare", "sft"}  # no round re-runs the baselines
     # round 1's stages are written exactly as with one round; later rounds read `iterate`, round 1 never does
     one = yaml.safe_load(render(DVC_YAML, 1))["stages"]
-    assert all(stages[s] == one[s] for s in ("prepare", "sft", "sample", "judge", "train"))
+    assert all(stages[s] == one[s] for s in ("prepare", "sft", "sample", "judge", "train", "eval_baselines"))
     assert "iterate.reference" in stages["train_r3"]["params"] and stages["train_r3"]["cmd"].endswith("--round 3")
     assert not any("iterate" in str(one[s]["params"]) for s in one)
     # and back: the regions hold nothing again
