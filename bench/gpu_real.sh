@@ -41,7 +41,7 @@ MEMLOG=$!
 # At most 8 files come back: everything else in one archive, made even when a step fails.
 trap 'kill $MEMLOG 2>/dev/null; tar czf "$OUT/results.tar.gz" metrics "$REPORTS" dvclive/train/plots \
   "$OUT/gpu.txt" "$OUT/gpu_memory.csv" 2>/dev/null || true' EXIT
-for stage in prepare sft sample judge train eval report; do
+for stage in prepare sft sample judge train eval_baselines eval report; do
   python3 - "$stage" <<'EOF' 2>&1 | tee -a "$OUT/stages.log"
 import json, subprocess, sys, time
 stage = sys.argv[1]

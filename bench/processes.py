@@ -1,12 +1,13 @@
-"""Data-parallel stages: sample and eval (and train, on request) as 1 process and as N under torchrun.
+"""Data-parallel stages: sample, eval_baselines and eval (and train, on request) as 1 process and as N under torchrun.
 
     dvc repro && python bench/processes.py             # N = 2
     python bench/processes.py --processes 4 --stages sample
     python bench/processes.py --stages train            # DPO training as N processes (each half a batch)
 
 Runs `python -m stages.<stage>` on the pipeline's models (models/), writing into a temporary folder, with
-`<stage>.num_processes` 1 and then N, and prints each stage's wall time, the speed-up, and whether the
-outputs are identical (samples.jsonl; eval_outputs.jsonl byte for byte and eval's metrics, its KL included;
+`<stage>.num_processes` (eval's for eval_baselines) 1 and then N, and prints each stage's wall time, the
+speed-up, and whether the outputs are identical (samples.jsonl; eval_baselines.jsonl; eval_outputs.jsonl byte
+for byte and eval's metrics, its KL included;
 train: the final KL of each, as N processes train on the pairs in another order).
 On CPU each of N processes runs one torch thread (torchrun sets OMP_NUM_THREADS=1), against one process with
 all cores' threads: on a machine with as many cores as processes that is the whole comparison.
@@ -28,7 +29,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # Each stage's outputs (paths keys), written into the run's folder; the first is the one compared.
-OUTPUTS = {"sample": ["samples"], "eval": ["eval_outputs", "eval_metrics", "eval_ci"],
+OUTPUTS = {"sample": ["samples"], "eval_baselines": ["eval_baselines"], "eval": ["eval_outputs", "eval_metrics", "eval_ci"],
            "train": ["train_metrics", "dpo_model", "train_live"]}
 
 
@@ -36,11 +37,11 @@ def run(stage: str, processes: int, workdir: Path) -> float:
     """Write workdir/params.yaml (models and data read from the repo, outputs here), run the stage, time it."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     paths = params["paths"]
-    for key in ("data", "base_model", "sft_model", "dpo_model", "preferences"):
+    for key in ("data", "base_model", "sft_model", "dpo_model", "preferences", "eval_baselines"):
         paths[key] = str(ROOT / paths[key])
     for key in OUTPUTS[stage]:
         paths[key] = str(workdir / Path(paths[key]).name)
-    params[stage]["num_processes"] = processes
+    params[stage.removesuffix("_baselines")]["num_processes"] = processes  # eval_baselines: eval's setting
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     start = time.perf_counter()
@@ -71,16 +72,16 @@ def identical(stage: str, paths: dict, one: Path, many: Path) -> bool | str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--processes", type=int, default=2)
-    ap.add_argument("--stages", nargs="+", default=["sample", "eval"], choices=list(OUTPUTS))
+    ap.add_argument("--stages", nargs="+", default=["sample", "eval_baselines", "eval"], choices=list(OUTPUTS))
     args = ap.parse_args()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    print(f"{'stage':8} {'1 process, s':>13} {f'{args.processes} processes, s':>15} {'speed-up':>9} identical")
+    print(f"{'stage':14} {'1 process, s':>13} {f'{args.processes} processes, s':>15} {'speed-up':>9} identical")
     for stage in args.stages:
         with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as many:
             t1 = run(stage, 1, Path(one))
             tn = run(stage, args.processes, Path(many))
             same = identical(stage, params["paths"], Path(one), Path(many))
-            print(f"{stage:8} {t1:13.1f} {tn:15.1f} {t1 / tn:8.2f}x {same}", flush=True)
+            print(f"{stage:14} {t1:13.1f} {tn:15.1f} {t1 / tn:8.2f}x {same}", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
     python -m tools.seeds --collect 1 2   (only read experiments already run; --collect alone: the workspace's run)
 
 Queues `dvc exp run --queue -n seed-N -S train.seed=N` for each seed and runs the queue. `train.seed` is a
-param of the train stage only, so each experiment re-runs train, eval and report, while prepare, sft, sample
-and judge come from DVC's run cache: the preference data is shared. Then reads each run's per-prompt eval
+param of the train stage only, so each experiment re-runs train, eval and report, while prepare, sft, sample,
+judge and eval_baselines come from DVC's run cache: the preference data and the base's and SFT's eval outputs
+are shared. Then reads each run's per-prompt eval
 outputs from the DVC cache (the md5 in the experiment's dvc.lock) beside the workspace's own run (seed = the
 top-level `seed`) and writes `paths.seeds` (metrics/seeds.json) and reports/seeds.md
 (dpo_pipeline/evaluation/seeds.py says what each number is). The report stage then says how many seeds
