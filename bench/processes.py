@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Each stage's outputs (paths keys), written into the run's folder; the first is the one compared.
 OUTPUTS = {"sample": ["samples"], "eval_baselines": ["eval_baselines"], "eval": ["eval_outputs", "eval_metrics", "eval_ci"],
            "train": ["train_metrics", "dpo_model", "train_live"]}
+SECTION = {"eval_baselines": "eval"}  # the params section whose num_processes a stage reads (else its own name)
 
 
 def run(stage: str, processes: int, workdir: Path) -> float:
@@ -41,7 +42,7 @@ def run(stage: str, processes: int, workdir: Path) -> float:
         paths[key] = str(ROOT / paths[key])
     for key in OUTPUTS[stage]:
         paths[key] = str(workdir / Path(paths[key]).name)
-    params[stage.removesuffix("_baselines")]["num_processes"] = processes  # eval_baselines: eval's setting
+    params[SECTION.get(stage, stage)]["num_processes"] = processes
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     start = time.perf_counter()
