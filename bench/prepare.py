@@ -1,17 +1,18 @@
-"""Can the tiny base's pre-training (the prepare stage) get faster without training another model?
+"""How fast is the tiny base's pre-training (the prepare stage) with each `model.tiny.micro_batches`?
 
-    python bench/prepare.py                      (default, micro-batches of 8, one torch thread)
-    python bench/prepare.py --runs default micro8
+    python bench/prepare.py                            (micro4 whole micro2 micro8 threads1)
+    python bench/prepare.py --runs whole micro4 whole  (a run named twice runs twice: the machine's noise)
 
 Each run is a fresh process that trains `builtin:tiny` from params.yaml into a temporary folder, exactly as
 `stages.prepare` does, with one change:
-- default: none;
-- micro8: the same 32-example batches (same data order, same optimizer steps), fed as 4 micro-batches of 8
-  with gradient accumulation, so each is padded to its own longest example: fewer padded tokens, smaller
-  matrix products; the loss is transformers' token-weighted mean, equal within float noise;
-- threads1: one torch thread instead of the machine's cores.
+- whole: `micro_batches: 1`, each step's 32 examples padded as one batch (the default before issue 15);
+- micro2 / micro4 / micro8: the same 32 examples a step (same data order, same optimizer steps), cut by
+  transformers' batch_rebalance sampler into 2 / 4 / 8 micro-batches of similar lengths with gradient
+  accumulation; the loss is the batch's token-weighted mean, equal within float noise;
+- threads1: the default micro-batches on one torch thread instead of the machine's cores.
 Prints each run's training seconds, its ratio to the first run, the final loss, the largest weight
-difference from the first run's model, and the padded tokens each batching computes against the real ones.
+difference from the first run's model, and the tokens each batching computes (padding included) against the
+real ones, counted on the sampler's own first-epoch batches.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = """
 import json, sys, time
 from pathlib import Path
-import transformers
 from dpo_pipeline.config import load_params
 from dpo_pipeline.files import read_jsonl
 from dpo_pipeline.models import tiny
@@ -41,28 +41,20 @@ params = load_params()
 task = get_task(params.task)
 rows = read_jsonl(params.task_files.sft_data, required=("prompt", "response"))
 texts = [task.pretrain_text(r["prompt"], r["response"]) for r in rows]
-init = transformers.TrainingArguments.__init__
-
-def with_micro_batches(self, *args, **kwargs):
-    if micro:
-        kwargs["gradient_accumulation_steps"] = kwargs["per_device_train_batch_size"] // micro
-        kwargs["per_device_train_batch_size"] = micro
-    init(self, *args, **kwargs)
-
-transformers.TrainingArguments.__init__ = with_micro_batches
+cfg = params.model.model_copy(update={"tiny": params.model.tiny.model_copy(update={"micro_batches": micro})})
 start = time.perf_counter()
-info = tiny.train_tiny_base(texts, params.model, params.seed, out)
+info = tiny.train_tiny_base(texts, cfg, params.seed, out)
 print(json.dumps({"seconds": time.perf_counter() - start, "loss": info["final_loss"]}))
 """
 
-RUNS = {"default": (0, None), "micro8": (8, None), "threads1": (0, "1")}
+RUNS = {"micro4": (4, None), "whole": (1, None), "micro2": (2, None), "micro8": (8, None), "threads1": (None, "1")}
 
 
-def lengths() -> tuple["torch.Tensor", int]:
-    """Each pre-training example's tokens, in a seeded shuffle (as the trainer shuffles; the padding ratio
-    hardly depends on which), and the default batch size."""
-    import torch
+def padding() -> dict[int, float]:
+    """Tokens computed over real tokens in the first epoch, for each micro-batch count, as the trainer batches:
+    each step's examples from the seeded shuffle, cut by the batch_rebalance sampler (1: one padded batch)."""
     from transformers import AutoTokenizer
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
 
     sys.path.insert(0, str(ROOT))
     from dpo_pipeline.config import load_params
@@ -70,17 +62,15 @@ def lengths() -> tuple["torch.Tensor", int]:
     from dpo_pipeline.tasks import get_task
 
     params = load_params(ROOT / "params.yaml")
-    task = get_task(params.task)
+    task, size = get_task(params.task), params.model.tiny.batch_size
     tok = AutoTokenizer.from_pretrained(ROOT / "models" / "base")
     rows = read_jsonl(params.task_files.sft_data, required=("prompt", "response"))
-    n = torch.tensor([len(tok(task.pretrain_text(r["prompt"], r["response"]))["input_ids"]) + 1
-                      for r in rows])  # + the end-of-text token
-    return n[torch.randperm(len(n), generator=torch.Generator().manual_seed(params.seed))], params.model.tiny.batch_size
-
-
-def padding(n, size: int) -> float:
-    """Tokens computed (each batch of `size` padded to its longest example) over real tokens."""
-    return sum(int(n[i:i + size].max()) * len(n[i:i + size]) for i in range(0, len(n), size)) / int(n.sum())
+    n = [len(tok(task.pretrain_text(r["prompt"], r["response"]))["input_ids"]) + 1 for r in rows]  # + end token
+    ratios = {}
+    for micro in (1, 2, 4, 8):
+        sampler = BatchRebalanceSampler(n, size, dp_size=1, grad_accum=micro, seed=params.seed, drop_last=False)
+        ratios[micro] = sum(len(b) * max(n[i] for i in b) for b in sampler) / sum(n)
+    return ratios
 
 
 def main() -> None:
@@ -89,23 +79,28 @@ def main() -> None:
     args = ap.parse_args()
     from safetensors.torch import load_file
 
-    results, (n, batch_size) = {}, lengths()
+    sys.path.insert(0, str(ROOT))
+    from dpo_pipeline.config import load_params
+
+    default = load_params(ROOT / "params.yaml").model.tiny.micro_batches
+    results, ratios = [], padding()
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.runs:
+        for i, name in enumerate(args.runs):
             micro, threads = RUNS[name]
+            micro = micro or default
             env = {**os.environ, **({"OMP_NUM_THREADS": threads} if threads else {})}
-            out = Path(tmp) / name
+            out = Path(tmp) / str(i)
             line = subprocess.run([sys.executable, "-c", RUN, str(micro), str(out)], cwd=ROOT, env=env,
                                   capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            results[name] = {**json.loads(line), "weights": load_file(out / "model.safetensors"),
-                             "padding": padding(n, micro or batch_size)}
-            print(f"{name}: {results[name]['seconds']:.1f} s", flush=True)
-    first = results[args.runs[0]]
-    print(f"\n{'run':10} {'seconds':>8} {'ratio':>6} {'loss':>7} {'max |dw|':>9} {'padded/real tokens':>19}")
-    for name, r in results.items():
+            results.append({"name": name, **json.loads(line), "weights": load_file(out / "model.safetensors"),
+                            "padding": ratios[micro]})
+            print(f"{name}: {results[-1]['seconds']:.1f} s", flush=True)
+    first = results[0]
+    print(f"\n{'run':10} {'seconds':>8} {'ratio':>6} {'loss':>7} {'max |dw|':>9} {'computed/real tokens':>21}")
+    for r in results:
         diff = max(float((r["weights"][k] - first["weights"][k]).abs().max()) for k in first["weights"])
-        print(f"{name:10} {r['seconds']:8.1f} {r['seconds'] / first['seconds']:6.2f} {r['loss']:7.4f} "
-              f"{diff:9.4f} {r['padding']:19.2f}")
+        print(f"{r['name']:10} {r['seconds']:8.1f} {r['seconds'] / first['seconds']:6.2f} {r['loss']:7.4f} "
+              f"{diff:9.4f} {r['padding']:21.2f}")
 
 
 if __name__ == "__main__":

@@ -61,12 +61,19 @@ class TinyModel(Section):
     epochs: float = Field(gt=0)
     learning_rate: float = Field(gt=0)
     batch_size: int = Field(gt=0)
+    micro_batches: int = Field(ge=1)  # each batch cut by length into this many (models/training.py: batching)
 
     @model_validator(mode="after")
     def heads_divide_hidden(self) -> "TinyModel":
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
-        return self
+        return micro_batches_divide(self)
+
+
+def micro_batches_divide(section: "TinyModel | SftParams"):
+    if section.batch_size % section.micro_batches:
+        raise ValueError(f"micro_batches ({section.micro_batches}) must divide batch_size ({section.batch_size})")
+    return section
 
 
 # builtin:tiny is trained from scratch by `prepare`; builtin:smollm2-135m is SmolLM2-135M-Instruct, converted
@@ -108,6 +115,11 @@ class Lora(Section):
 
 class SftParams(Lora):
     max_rows: int | None = Field(gt=0)  # train on the first N rows of sft.jsonl (null: all)
+    micro_batches: int = Field(ge=1)    # as model.tiny.micro_batches
+
+    @model_validator(mode="after")
+    def micro_batches_divide_batch(self) -> "SftParams":
+        return micro_batches_divide(self)
 
 
 class SampleParams(Section):

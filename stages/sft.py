@@ -67,7 +67,7 @@ def main(params: Params) -> None:
 
     from dpo_pipeline.models.loading import load_base, load_tokenizer
     from dpo_pipeline.models.lora import lora_config, save_adapter
-    from dpo_pipeline.models.training import TrainingProgress, common_args
+    from dpo_pipeline.models.training import TrainingProgress, batching, seeded_batches, common_args
 
     set_seed(params.seed)
     # --- model & tokenizer
@@ -78,12 +78,12 @@ def main(params: Params) -> None:
     # --- training
     print(f"[bold]sft[/]: training a LoRA adapter on {len(rows)} examples ...")
     with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-                         learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
-                         max_length=params.model.max_length, logging_steps=25, **common_args(tmp, params.seed))
+        args = SFTConfig(num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate, lr_scheduler_type="cosine",
+                         warmup_steps=0.05, max_length=params.model.max_length, logging_steps=25,
+                         **batching(cfg.batch_size, cfg.micro_batches), **common_args(tmp, params.seed))
         lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
-                             peft_config=lora, callbacks=[TrainingProgress("sft")])
+        trainer = seeded_batches(SFTTrainer)(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
+                                             peft_config=lora, callbacks=[TrainingProgress("sft")])
         trainer.remove_callback(PrinterCallback)
         result = trainer.train()
     with atomic_path(paths.sft_model) as out:

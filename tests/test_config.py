@@ -57,6 +57,11 @@ def edited(root, tmp_path, edit) -> str:
     (lambda r: r["model"].update(base="builtin:huge"), "unknown builtin model 'builtin:huge'; the builtins are "
                                                        "builtin:tiny, builtin:smollm2-135m"),
     (lambda r: r["sft"].update(max_rows=0), "sft.max_rows: Input should be greater than 0"),
+    (lambda r: r["sft"].update(micro_batches=3), "sft: Value error, micro_batches (3) must divide batch_size (32)"),
+    (lambda r: r["model"]["tiny"].update(micro_batches=0), "model.tiny.micro_batches: Input should be greater "
+                                                           "than or equal to 1"),
+    (lambda r: r["model"]["tiny"].update(batch_size=30), "model.tiny: Value error, micro_batches (4) must divide "
+                                                         "batch_size (30)"),
     (lambda r: r["judge"].update(requests_per_minute=0), "judge.requests_per_minute: Input should be greater "
                                                          "than 0"),
     (lambda r: r["judge"].update(input_tokens_per_minute=-5), "judge.input_tokens_per_minute: Input should be "

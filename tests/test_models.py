@@ -19,7 +19,7 @@ def micro(tmp_path_factory):
     cfg = ModelParams(base="builtin:tiny", revision=None, sft=None, lora_target_modules="auto", max_length=128,
                       tiny=dict(
         vocab_size=320, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, epochs=1,
-        learning_rate=1e-3, batch_size=16))
+        learning_rate=1e-3, batch_size=16, micro_batches=4))
     out = tmp_path_factory.mktemp("base")
     info = train_tiny_base(TEXTS, cfg, seed=0, out_dir=out)
     return out, info
@@ -134,6 +134,41 @@ def test_prompts_too_long_for_the_context_are_found_not_crashed_on(micro):
     out = generate(model, tok, [prompts[i] for i in fitting(model, tok, prompts, 16)], temperature=0, top_p=1.0,
                    max_new_tokens=16, batch_size=4, seed=0)
     assert len(out) == 2
+
+
+def test_micro_batches_take_each_step_the_examples_of_one_padded_batch(tmp_path):
+    """model.tiny.micro_batches / sft.micro_batches: each optimizer step's examples, cut by length into
+    micro-batches, are the ones the default sampler puts in one batch, for any seed and epoch, with less padding.
+    transformers' own batch_rebalance sampler shuffles with seed 42 whatever the seed: seeded_batches mends it."""
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from dpo_pipeline.models.training import batching, common_args, seeded_batches
+
+    ds = Dataset.from_dict({"input_ids": [[i] * (1 + i * 37 % 23) for i in range(48)]})  # lengths 1..23
+
+    def steps(trainer_class, seed: int, epoch: int, micro_batches: int) -> tuple[list[list[int]], int]:
+        """Each step's example ids (sorted), and the tokens computed with each micro-batch padded."""
+        args = TrainingArguments(remove_unused_columns=False, **batching(8, micro_batches),
+                                 **common_args(str(tmp_path), seed))
+        trainer = trainer_class(model=torch.nn.Linear(1, 1), args=args, train_dataset=ds,
+                                data_collator=lambda rows: {"ids": [r["input_ids"] for r in rows]})
+        loader = trainer.get_train_dataloader()
+        loader.set_epoch(epoch)  # as Trainer's loop does, the wrapped sampler included
+        if hasattr(inner := getattr(loader.batch_sampler, "batch_sampler", None), "set_epoch"):
+            inner.set_epoch(epoch)
+        micro = [b["ids"] for b in loader]
+        padded = sum(len(b) * max(map(len, b)) for b in micro)
+        return [sorted(x[0] for b in micro[i:i + micro_batches] for x in b)
+                for i in range(0, len(micro), micro_batches)], padded
+
+    for seed, epoch in [(0, 0), (0, 1), (7, 0), (42, 1)]:
+        whole, padded = steps(Trainer, seed, epoch, 1)
+        cut, cut_padded = steps(seeded_batches(Trainer), seed, epoch, 4)
+        assert len(whole) == 6 and cut == whole, (seed, epoch)
+        assert cut_padded < 0.8 * padded
+    assert steps(Trainer, 7, 0, 4)[0] != steps(Trainer, 7, 0, 1)[0]  # without the mend: seed 42's batches
 
 
 def test_progress_shows_count_elapsed_rate_and_eta(monkeypatch):

@@ -9,7 +9,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from dpo_pipeline.config import ModelParams
-from dpo_pipeline.models.training import TrainingProgress, common_args
+from dpo_pipeline.models.training import TrainingProgress, batching, seeded_batches, common_args
 
 # A minimal chat template: `<|user|>\n...<|end|>\n<|assistant|>\n...<|end|>\n`. The rendered prompt is a
 # prefix of the rendered prompt+completion, which TRL's completion-only loss relies on.
@@ -54,13 +54,13 @@ def train_tiny_base(texts: list[str], cfg: ModelParams, seed: int, out_dir: Path
                 batched=True, remove_columns=["text"])
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            num_train_epochs=t.epochs, per_device_train_batch_size=t.batch_size, learning_rate=t.learning_rate,
-            lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.01, logging_steps=50,
+            num_train_epochs=t.epochs, learning_rate=t.learning_rate, lr_scheduler_type="cosine",
+            warmup_steps=0.05, weight_decay=0.01, logging_steps=50, **batching(t.batch_size, t.micro_batches),
             **common_args(tmp, seed),
         )
-        trainer = Trainer(model=model, args=args, train_dataset=ds,
-                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-                          callbacks=[TrainingProgress("pre-training the builtin model")])
+        trainer = seeded_batches(Trainer)(model=model, args=args, train_dataset=ds,
+                                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+                                          callbacks=[TrainingProgress("pre-training the builtin model")])
         trainer.remove_callback(PrinterCallback)
         result = trainer.train()
     model.save_pretrained(out_dir)
