@@ -1,10 +1,12 @@
-"""How fast is the tiny base's pre-training (the prepare stage) with each `model.tiny.micro_batches`?
+"""How fast are the tiny base's pre-training (prepare) and SFT with each `micro_batches`?
 
-    python bench/prepare.py                            (micro4 whole micro2 micro8 threads1)
+    python bench/prepare.py                            (prepare: micro4 whole micro2 micro8 threads1)
     python bench/prepare.py --runs whole micro4 whole  (a run named twice runs twice: the machine's noise)
+    python bench/prepare.py --stage sft --runs micro4 whole micro4 whole
 
 Each run is a fresh process that trains `builtin:tiny` from params.yaml into a temporary folder, exactly as
-`stages.prepare` does, with one change:
+`stages.prepare` does (or, with `--stage sft`, runs `stages.sft` on the workspace's models/base into a
+temporary folder), with one change to `model.tiny.micro_batches` (or `sft.micro_batches`):
 - whole: `micro_batches: 1`, each step's 32 examples padded as one batch (the default before issue 15);
 - micro2 / micro4 / micro8: the same 32 examples a step (same data order, same optimizer steps), cut by
   transformers' batch_rebalance sampler into 2 / 4 / 8 micro-batches of similar lengths with gradient
@@ -28,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # One run, in its own process (a thread count is set before torch starts): prints its seconds and final loss.
-RUN = """
+RUN = {"prepare": """
 import json, sys, time
 from pathlib import Path
 from dpo_pipeline.config import load_params
@@ -45,12 +47,28 @@ cfg = params.model.model_copy(update={"tiny": params.model.tiny.model_copy(updat
 start = time.perf_counter()
 info = tiny.train_tiny_base(texts, cfg, params.seed, out)
 print(json.dumps({"seconds": time.perf_counter() - start, "loss": info["final_loss"]}))
-"""
+""", "sft": """
+import contextlib, io, json, re, sys, time
+from dpo_pipeline.config import load_params
+from stages import sft
+
+micro, out = int(sys.argv[1]), sys.argv[2]
+params = load_params()
+params = params.model_copy(update={"sft": params.sft.model_copy(update={"micro_batches": micro}),
+                                   "paths": params.paths.model_copy(update={"sft_model": out})})
+log = io.StringIO()
+start = time.perf_counter()
+with contextlib.redirect_stdout(log):
+    sft.main(params)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "loss": float(re.search(r"loss ([0-9.]+)", log.getvalue()).group(1))}))
+"""}
+WEIGHTS = {"prepare": "model.safetensors", "sft": "adapter_model.safetensors"}
 
 RUNS = {"micro4": (4, None), "whole": (1, None), "micro2": (2, None), "micro8": (8, None), "threads1": (None, "1")}
 
 
-def padding() -> dict[int, float]:
+def padding(stage: str) -> dict[int, float]:
     """Tokens computed over real tokens in the first epoch, for each micro-batch count, as the trainer batches:
     each step's examples from the seeded shuffle, cut by the batch_rebalance sampler (1: one padded batch)."""
     from transformers import AutoTokenizer
@@ -62,10 +80,18 @@ def padding() -> dict[int, float]:
     from dpo_pipeline.tasks import get_task
 
     params = load_params(ROOT / "params.yaml")
-    task, size = get_task(params.task), params.model.tiny.batch_size
+    task = get_task(params.task)
     tok = AutoTokenizer.from_pretrained(ROOT / "models" / "base")
     rows = read_jsonl(params.task_files.sft_data, required=("prompt", "response"))
-    n = [len(tok(task.pretrain_text(r["prompt"], r["response"]))["input_ids"]) + 1 for r in rows]  # + end token
+    if stage == "prepare":
+        size = params.model.tiny.batch_size
+        n = [len(tok(task.pretrain_text(r["prompt"], r["response"]))["input_ids"]) + 1 for r in rows]  # + end
+    else:  # the chat-templated prompt and completion, as TRL renders them
+        from dpo_pipeline.chat import assistant, user
+
+        size = params.sft.batch_size
+        n = [len(tok.apply_chat_template(user(r["prompt"]) + assistant(r["response"]), tokenize=True)["input_ids"])
+             for r in rows[:params.sft.max_rows]]
     ratios = {}
     for micro in (1, 2, 4, 8):
         sampler = BatchRebalanceSampler(n, size, dp_size=1, grad_accum=micro, seed=params.seed, drop_last=False)
@@ -76,23 +102,25 @@ def padding() -> dict[int, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
+    ap.add_argument("--stage", choices=list(RUN), default="prepare")
     args = ap.parse_args()
     from safetensors.torch import load_file
 
     sys.path.insert(0, str(ROOT))
     from dpo_pipeline.config import load_params
 
-    default = load_params(ROOT / "params.yaml").model.tiny.micro_batches
-    results, ratios = [], padding()
+    params = load_params(ROOT / "params.yaml")
+    default = params.model.tiny.micro_batches if args.stage == "prepare" else params.sft.micro_batches
+    results, ratios = [], padding(args.stage)
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(args.runs):
             micro, threads = RUNS[name]
             micro = micro or default
             env = {**os.environ, **({"OMP_NUM_THREADS": threads} if threads else {})}
             out = Path(tmp) / str(i)
-            line = subprocess.run([sys.executable, "-c", RUN, str(micro), str(out)], cwd=ROOT, env=env,
+            line = subprocess.run([sys.executable, "-c", RUN[args.stage], str(micro), str(out)], cwd=ROOT, env=env,
                                   capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            results.append({"name": name, **json.loads(line), "weights": load_file(out / "model.safetensors"),
+            results.append({"name": name, **json.loads(line), "weights": load_file(out / WEIGHTS[args.stage]),
                             "padding": ratios[micro]})
             print(f"{name}: {results[-1]['seconds']:.1f} s", flush=True)
     first = results[0]
