@@ -67,7 +67,7 @@ def main(params: Params) -> None:
 
     from dpo_pipeline.models.loading import load_base, load_tokenizer
     from dpo_pipeline.models.lora import lora_config, save_adapter
-    from dpo_pipeline.models.training import TrainingProgress, batching, seeded_batches, common_args
+    from dpo_pipeline.models.training import TrainingProgress, batching, common_args, seeded_batches
 
     set_seed(params.seed)
     # --- model & tokenizer

@@ -9,7 +9,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from dpo_pipeline.config import ModelParams
-from dpo_pipeline.models.training import TrainingProgress, batching, seeded_batches, common_args
+from dpo_pipeline.models.training import TrainingProgress, batching, common_args, seeded_batches
 
 # A minimal chat template: `<|user|>\n...<|end|>\n<|assistant|>\n...<|end|>\n`. The rendered prompt is a
 # prefix of the rendered prompt+completion, which TRL's completion-only loss relies on.
