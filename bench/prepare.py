@@ -68,7 +68,7 @@ WEIGHTS = {"prepare": "model.safetensors", "sft": "adapter_model.safetensors"}
 RUNS = {"micro4": (4, None), "whole": (1, None), "micro2": (2, None), "micro8": (8, None), "threads1": (None, "1")}
 
 
-def padding(stage: str) -> dict[int, float]:
+def padding(stage: str, default: int) -> dict[int, float]:
     """Tokens computed over real tokens in the first epoch, for each micro-batch count, as the trainer batches:
     each step's examples from the seeded shuffle, cut by the batch_rebalance sampler (1: one padded batch)."""
     from transformers import AutoTokenizer
@@ -93,7 +93,7 @@ def padding(stage: str) -> dict[int, float]:
         n = [len(tok.apply_chat_template(user(r["prompt"]) + assistant(r["response"]), tokenize=True)["input_ids"])
              for r in rows[:params.sft.max_rows]]
     ratios = {}
-    for micro in (1, 2, 4, 8):
+    for micro in sorted({1, 2, 4, 8, default}):  # every run's count, params.yaml's too
         sampler = BatchRebalanceSampler(n, size, dp_size=1, grad_accum=micro, seed=params.seed, drop_last=False)
         ratios[micro] = sum(len(b) * max(n[i] for i in b) for b in sampler) / sum(n)
     return ratios
@@ -111,7 +111,7 @@ def main() -> None:
 
     params = load_params(ROOT / "params.yaml")
     default = params.model.tiny.micro_batches if args.stage == "prepare" else params.sft.micro_batches
-    results, ratios = [], padding(args.stage)
+    results, ratios = [], padding(args.stage, default)
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(args.runs):
             micro, threads = RUNS[name]
