@@ -102,7 +102,7 @@ def run(config, tok, data, args, precompute: bool) -> dict:
         cfg = DPOConfig(max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch_size,
                         learning_rate=5e-5, beta=0.1, max_length=args.tokens + 64, logging_steps=10**6,
                         precompute_ref_log_probs=precompute,
-                        **{**common_args(tmp, 0), "gradient_checkpointing": args.gradient_checkpointing})
+                        **{**common_args(tmp, 0), "activation_checkpointing": args.gradient_checkpointing})
         trainer = DPOTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(data), processing_class=tok,
                              peft_config=lora_config(model, "auto", r=16, alpha=32, dropout=0.0),
                              callbacks=[clock])

@@ -52,12 +52,11 @@ def main(params: Params, round_num: int = 1) -> None:
     paths, cfg = round_paths(params.paths, round_num), params.train
     rows = read_jsonl(paths.preferences, required=("prompt", "chosen", "rejected"), strings=())  # message lists
 
-    from dvclive import Live
     from transformers import PrinterCallback, set_seed
     from trl import DPOTrainer
 
     from dpo_pipeline.models import parallel
-    from dpo_pipeline.models.dpo import dpo_config, live_callback, shared_pairs, summarize
+    from dpo_pipeline.models.dpo import dpo_config, live_callback, live_run, shared_pairs, summarize
     from dpo_pipeline.models.kl import KLMonitor
     from dpo_pipeline.models.loading import load_merged, load_sft, load_tokenizer
     from dpo_pipeline.models.lora import lora_config, save_adapter
@@ -79,7 +78,7 @@ def main(params: Params, round_num: int = 1) -> None:
         print(f"[bold]train[/]: DPO on {len(split['train'])} pairs, beta {cfg.beta}, {steps:.0f} steps, "
               f"{world} process{'es' if world > 1 else ''} ...")
     lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-    live = Live(dir=paths.train_live, dvcyaml=None, save_dvc_exp=False) if main_process else None
+    live = live_run(paths.train_live) if main_process else None
     kl_monitor = KLMonitor(tokenizer, [r["prompt"] for r in split["test"]][:cfg.kl_prompts], every=cfg.kl_every,
                            max_new_tokens=cfg.kl_max_new_tokens, seed=params.seed, live=live, reference=reference)
     with tempfile.TemporaryDirectory() as tmp:

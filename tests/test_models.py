@@ -171,6 +171,30 @@ def test_micro_batches_take_each_step_the_examples_of_one_padded_batch(tmp_path)
     assert steps(Trainer, 7, 0, 4)[0] != steps(Trainer, 7, 0, 1)[0]  # without the mend: seed 42's batches
 
 
+def test_training_curves_build_no_studio_payload_when_studio_is_off(tmp_path, monkeypatch):
+    """dvclive reads the run's params and every curve back at each step to build Studio's payload, then drops
+    it when Studio is not configured; the train stage's Live builds none and writes the same curve files."""
+    from dvclive import Live
+
+    from dpo_pipeline.models.dpo import live_run
+
+    for key in ("DVC_STUDIO_TOKEN", "STUDIO_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    built = []
+    monkeypatch.setattr(Live, "_get_live_data", lambda self: built.append(type(self).__name__) or {})
+    runs = {"ours": live_run, "dvclive": lambda folder: Live(dir=folder, dvcyaml=None, save_dvc_exp=False)}
+    for name, make in runs.items():
+        live = make(str(tmp_path / name))
+        for step in range(3):
+            live.step = 2 * step
+            live.log_metric("loss", 1 / (step + 1))
+            live.next_step()
+        live.end()
+    assert built and set(built) == {"Live"}  # dvclive's own built it at every step; ours never did
+    curves = {name: (tmp_path / name / "plots" / "metrics" / "loss.tsv").read_text() for name in runs}
+    assert curves["ours"] == curves["dvclive"] and curves["ours"].count("\n") == 4, curves
+
+
 def test_progress_shows_count_elapsed_rate_and_eta(monkeypatch):
     import io
     import re

@@ -12,9 +12,10 @@ from dpo_pipeline.progress import progress as progress_bar
 
 def common_args(output_dir: str, seed: int) -> dict:
     """Settings every trainer here takes: seeded data order, no checkpoints (the stage saves what it
-    keeps), logs to our own callbacks only, bf16 on a GPU that has it, float32 on CPU (reproducible)."""
+    keeps), logs to our own callbacks only, bf16 on a GPU that has it, float32 on CPU (reproducible).
+    Activation checkpointing off, by its new name (TRL's configs turn it on by default; the old name warns)."""
     return dict(output_dir=output_dir, seed=seed, data_seed=seed, save_strategy="no", report_to="none",
-                bf16=use_bf16(), gradient_checkpointing=False, use_cpu=device() == "cpu", disable_tqdm=True)
+                bf16=use_bf16(), activation_checkpointing=False, use_cpu=device() == "cpu", disable_tqdm=True)
 
 
 def batching(batch_size: int, micro_batches: int) -> dict:
