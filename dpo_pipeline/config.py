@@ -16,6 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dpo_pipeline.errors import UserError
 
 PARAMS_FILE = "params.yaml"
+# Keys that only pace a run, never change what it writes (generation is seeded per prompt, judge answers
+# cached by request): dvc.yaml's stages list every other key of these sections, so these re-run nothing.
+RUNTIME = {
+    "judge": frozenset({"concurrency", "max_retries", "timeout_s", "max_cost_usd", "batch_poll_s",
+                        "batch_max_requests", "requests_per_minute", "input_tokens_per_minute",
+                        "resubmit_lost_batches"}),
+    "sample": frozenset({"batch_size", "num_processes"}),
+    "eval": frozenset({"batch_size", "num_processes"}),
+}
 
 
 class Section(BaseModel):
@@ -183,7 +192,12 @@ class JudgeParams(Section):
     max_retries: int = Field(ge=0)
     timeout_s: float = Field(gt=0)
     max_tokens: int = Field(ge=16)
-    temperature: float | None = Field(ge=0, le=1)  # null for Opus 4.7+, which rejects sampling params
+    # Models that always think (judging/claude.py ALWAYS_THINKING): room for thinking on top of max_tokens,
+    # and its depth (output_config.effort; null: the model's default).
+    thinking_tokens: int = Field(ge=0)
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None
+    refusal_fallback: str | None = None  # a refused judgment is asked again on this model; null: counted
+    resubmit_lost_batches: bool = False  # a recorded Message Batch the API no longer has: send its requests again
     max_cost_usd: float = Field(gt=0)
     cache_dir: str = Field(min_length=1)
     batch_poll_s: float = Field(gt=0)
@@ -198,6 +212,9 @@ class JudgeParams(Section):
     def priced(self) -> "JudgeParams":
         if self.backend == "anthropic" and self.model not in self.prices:
             raise ValueError(f"no price for judge.model {self.model!r}: add judge.prices.{self.model}")
+        if self.backend == "anthropic" and self.refusal_fallback and self.refusal_fallback not in self.prices:
+            raise ValueError(f"no price for judge.refusal_fallback {self.refusal_fallback!r}: "
+                             f"add judge.prices.{self.refusal_fallback}")
         return self
 
 

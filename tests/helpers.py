@@ -72,7 +72,7 @@ def policy_answer(body: dict) -> dict:
     """Judge like the rubric, reading only what the request says: the server sees what Claude would."""
     text = body["messages"][0]["content"]
     prompt = section(text, "prompt")
-    if body["tool_choice"]["name"] == "record_score":
+    if body["tools"][0]["name"] == "record_score":
         score, reason = incident_triage.rubric_score(prompt, section(text, "response"))
         return {"score": score, "reason": reason}
     verdict = RubricJudge(incident_triage).pairwise(prompt, section(text, "response_a"), section(text, "response_b"))
@@ -222,6 +222,29 @@ _ERRORS = {
 }
 
 
+API_VERSION = "2026-10-21"  # what the pinned SDK sends (anthropic/_constants.py)
+SAMPLING = ("temperature", "top_p", "top_k")  # refused on every model under 2026-10-21
+ALWAYS_THINKING = ("claude-opus-5-5", "claude-fable-5-1")  # forced tool use and thinking off are 400s
+THINKING_TOKENS = {"low": 120, "medium": 400, "high": 900, "xhigh": 1500, "max": 2500}  # this server's thinking
+
+
+def refusal_of(body: dict, version: str | None) -> str | None:
+    """Why the real API (version 2026-10-21, Opus 5.5's rules) answers this request body with a 400."""
+    if version == API_VERSION:
+        for k in SAMPLING:
+            if k in body:
+                return f"{k}: Extra inputs are not permitted"
+    model = str(body.get("model", ""))
+    if model.startswith(ALWAYS_THINKING):
+        if (body.get("tool_choice") or {}).get("type") in ("tool", "any"):
+            return f"tool_choice: forced tool use is not supported for {model}; use tool_choice auto"
+        kind = (body.get("thinking") or {}).get("type")
+        if kind in ("disabled", "enabled"):
+            return (f'"thinking.type.{kind}" is not supported for this model. Use "thinking.type.adaptive" '
+                    'and "output_config.effort" to control thinking behavior.')
+    return None
+
+
 def _hex() -> str:
     return uuid.uuid4().hex[:24]
 
@@ -238,6 +261,9 @@ class FakeAnthropic:
         self.slow_s = slow_s
         self.batch_polls = batch_polls
         self.faults: list[str] = []
+        self.chars_per_token = 4.0
+        self.refusing: set[str] = set()  # models that refuse every request (stop_reason refusal)
+        self.refusing_with_400: str | None = None  # every message request answered with this 400
         self.requests: list[dict] = []
         self.batches: dict[str, dict] = {}
         self.hold_batches_after: int | None = None
@@ -292,11 +318,23 @@ class FakeAnthropic:
         with self._lock:
             return self.faults.pop(0) if self.faults else None
 
+    def input_tokens(self, body: dict) -> int:
+        """This server's tokenizer: `chars_per_token` characters of the request's JSON a token."""
+        counted = {k: body[k] for k in ("model", "system", "messages", "tools", "tool_choice") if k in body}
+        return max(1, int(len(json.dumps(counted)) / self.chars_per_token))
+
     def make_message(self, body: dict, fault: str | None = None, service_tier: str = "standard") -> dict:
         choice = body.get("tool_choice") or {}
         tool = choice.get("name") or next((t.get("name") for t in body.get("tools") or []), "tool")
         stop = "tool_use"
-        if fault == "refusal":
+        model = str(body.get("model", ""))
+        # A model that always thinks spends thinking tokens first (billed as output, within max_tokens) and
+        # answers after a thinking block whose text is empty at the default display.
+        thinking = THINKING_TOKENS[(body.get("output_config") or {}).get("effort") or "medium"] \
+            if model.startswith(ALWAYS_THINKING) else 0
+        answer_tokens = 25
+        lead = [{"type": "thinking", "thinking": "", "signature": f"sig_{_hex()}"}] if thinking else []
+        if fault == "refusal" or model in self.refusing:
             content, stop = [{"type": "text", "text": "I can't help with that.", "citations": None}], "refusal"
         elif fault == "invalid":
             content = [{"type": "tool_use", "id": f"toolu_{_hex()}", "name": tool, "input": {"winner": "C", "score": 9}}]
@@ -308,6 +346,12 @@ class FakeAnthropic:
                 content, stop = [{"type": "text", "text": "OK.", "citations": None}], "end_turn"
             else:
                 content = [{"type": "tool_use", "id": f"toolu_{_hex()}", "name": tool, "input": tool_input}]
+        if thinking + answer_tokens > body.get("max_tokens", 0) and stop != "refusal":
+            # cut off: the limit ran out while thinking, before any answer
+            content, stop = [], "max_tokens"
+            answer_tokens = max(0, body.get("max_tokens", 0) - thinking)
+            thinking = min(thinking, body.get("max_tokens", 0))
+        content = lead + content
         return {
             "id": f"msg_{_hex()}",
             "type": "message",
@@ -317,8 +361,8 @@ class FakeAnthropic:
             "stop_reason": stop,
             "stop_sequence": None,
             "usage": {
-                "input_tokens": max(1, len(json.dumps(body)) // 4),
-                "output_tokens": 25,
+                "input_tokens": self.input_tokens(body),
+                "output_tokens": thinking + answer_tokens,
                 "cache_creation_input_tokens": 0,
                 "cache_read_input_tokens": 0,
                 "server_tool_use": None,
@@ -397,10 +441,22 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(fake.slow_s)
             if not isinstance(body, dict):
                 return self._error(400, "invalid_request_error", "Body must be a JSON object.")
+            why = refusal_of(body, self.headers.get("anthropic-version")) or fake.refusing_with_400
+            if why:
+                return self._error(400, "invalid_request_error", why)
             return self._send(200, fake.make_message(body, fault))
+        if path == "/v1/messages/count_tokens":
+            why = refusal_of(body or {}, self.headers.get("anthropic-version"))
+            if why:
+                return self._error(400, "invalid_request_error", why)
+            return self._send(200, {"input_tokens": fake.input_tokens(body)})
         if path == "/v1/messages/batches":
             if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
                 return self._error(400, "invalid_request_error", "requests: field required")
+            for i, r in enumerate(body["requests"]):
+                why = refusal_of(r.get("params") or {}, self.headers.get("anthropic-version"))
+                if why:
+                    return self._error(400, "invalid_request_error", f"requests.{i}.params.{why}")
             with fake._lock:
                 held = fake.hold_batches_after is not None and len(fake.batches) >= fake.hold_batches_after
             if held:

@@ -75,7 +75,7 @@ def test_claude_judge_gives_the_rubric_preferences(tmp_path, rubric_pairs):
         assert [(p["id"], p["chosen"], p["rejected"]) for p in pairs] == rubric_pairs
         assert fake.message_count == unique_requests(samples())
         body = fake.requests[0]["body"]
-        assert "temperature" not in body and body["tool_choice"]["type"] == "tool"  # Opus 4.7 rejects it
+        assert "temperature" not in body and body["tool_choice"]["type"] == "tool"  # forced on Opus 4.7
         assert "Incident severity policy" in body["system"]
         assert fake.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
     identical = sum(r["responses"][0]["text"] == r["responses"][1]["text"] for r in samples())
@@ -83,22 +83,125 @@ def test_claude_judge_gives_the_rubric_preferences(tmp_path, rubric_pairs):
     assert judge.usage.answers == 2 * (len(samples()) - identical) and judge.usage.cost_usd > 0
 
 
-def test_temperature_is_sent_when_set_for_older_models(tmp_path):
+def test_sampling_parameters_are_refused_as_the_api_refuses_them(tmp_path):
+    """Under API version 2026-10-21 every model refuses temperature: the params do not offer it, and the
+    test server answers it with the API's 400, which stops the stage with the API's message, not a retry."""
+    with pytest.raises(UserError, match="judge.temperature: unknown key"):
+        params_for(tmp_path, temperature=0.0)
+    import anthropic
+
     with FakeAnthropic(policy_answer) as fake:
-        judge = judge_with(params_for(tmp_path, base_url=fake.base_url, temperature=0.0))
-        judge.score_all([(REPORT, GOOD)])
-        assert fake.requests[0]["body"]["temperature"] == 0
+        judge = judge_with(params_for(tmp_path, base_url=fake.base_url))
+        body = judge.body("pairwise", ("p", "a", "b"))
+        client = anthropic.Anthropic(api_key=KEY, base_url=fake.base_url, max_retries=3)
+        for sampling in ({"temperature": 0.0}, {"top_p": 1.0}, {"top_k": 5}):
+            with pytest.raises(anthropic.BadRequestError, match="Extra inputs are not permitted"):
+                client.messages.create(**body, extra_body=sampling)
+        with pytest.raises(anthropic.BadRequestError, match="requests.0.params.temperature"):
+            client.messages.batches.create(requests=[{"custom_id": "a", "params": {**body, "temperature": 0}}])
+        assert fake.message_count == 3  # a 400 is never retried
+        assert fake.requests[0]["headers"]["anthropic-version"] == "2026-10-21"
+        # The judge's own requests pass; a 400 stops it with the API's message, not "after N retries".
+        assert judge.pairwise_all([("p", "a", "b")])[0] is not None
+        fake.refusing_with_400 = "max_tokens: must be at most 128000"
+        with pytest.raises(UserError, match="refused a request to claude-opus-4-7 .400.*at most 128000"):
+            judge_with(params_for(tmp_path / "b", base_url=fake.base_url)).pairwise_all([("p", "c", "d")])
+
+
+def test_opus_5_5_judges_with_the_tool_offered_and_room_to_think(tmp_path, rubric_pairs):
+    with FakeAnthropic(policy_answer) as fake:
+        judge = judge_with(params_for(tmp_path, base_url=fake.base_url, model="claude-opus-5-5"))
+        pairs, _, counts = build_pairs(samples(), judge)
+        assert [(p["id"], p["chosen"], p["rejected"]) for p in pairs] == rubric_pairs
+        body = next(r["body"] for r in fake.requests if r["path"] == "/v1/messages")
+        assert body["tool_choice"] == {"type": "auto"} and "thinking" not in body
+        assert body["output_config"] == {"effort": "low"} and body["max_tokens"] == 200 + 1024
+        assert judge.usage.invalid == 0 and counts["invalid"] == 0
+        # thinking tokens are billed as output at Opus 5.5's price
+        assert judge.usage.output_tokens == fake.message_count * (120 + 25)
+        assert judge.usage.cost_usd == pytest.approx(
+            (judge.usage.input_tokens * 4 + judge.usage.output_tokens * 20) / 1e6)
+
+
+def test_forced_tool_use_on_opus_5_5_is_a_400_on_the_server(tmp_path):
+    """The server holds Opus 5.5's rules, so the test above proves something: forced tool use and disabled
+    thinking are refused."""
+    from tests.helpers import refusal_of
+
+    body = {"model": "claude-opus-5-5", "tool_choice": {"type": "tool", "name": "record_verdict"}}
+    assert "forced tool use" in refusal_of(body, "2026-10-21")
+    assert "thinking.type.disabled" in refusal_of({"model": "claude-opus-5-5", "thinking": {"type": "disabled"}},
+                                                  "2026-10-21")
+    assert refusal_of({"model": "claude-opus-4-7", "tool_choice": {"type": "tool", "name": "x"}}, "2026-10-21") is None
+
+
+def test_a_max_tokens_stop_is_asked_again_with_more_room_and_counted_if_still_cut(tmp_path, rubric_pairs):
+    with FakeAnthropic(policy_answer) as fake:  # 100 tokens: 120 of thinking at low effort do not fit
+        judge = judge_with(params_for(tmp_path, base_url=fake.base_url, model="claude-opus-5-5",
+                                      thinking_tokens=0, max_tokens=100))
+        pairs, _, _ = build_pairs(samples(), judge)
+        assert [(p["id"], p["chosen"], p["rejected"]) for p in pairs] == rubric_pairs
+        limits = [r["body"]["max_tokens"] for r in fake.requests if r["path"] == "/v1/messages"]
+        assert sorted(set(limits)) == [100, 400] and limits.count(100) == limits.count(400)
+        assert judge.usage.as_metrics()["max_tokens_stops"] == 0
+    with FakeAnthropic(policy_answer) as fake:  # effort max: 2,500 thinking tokens, even 4x 100 is cut off
+        judge = judge_with(params_for(tmp_path / "b", base_url=fake.base_url, model="claude-opus-5-5",
+                                      thinking_tokens=0, max_tokens=100, effort="max"))
+        pairs, _, counts = build_pairs(samples(4), judge)
+        asked = unique_requests(samples(4))  # each asked twice: as it was, then with 4x the room
+        assert pairs == [] and fake.message_count == 2 * asked
+        assert judge.usage.as_metrics()["max_tokens_stops"] == asked and counts["invalid"] == asked // 2
+
+
+def test_a_refusal_is_counted_or_asked_again_on_the_fallback_model(tmp_path, rubric_pairs):
+    with FakeAnthropic(policy_answer) as fake:
+        fake.refusing = {"claude-opus-4-7"}
+        judge = judge_with(params_for(tmp_path, base_url=fake.base_url))
+        pairs, _, counts = build_pairs(samples(4), judge)
+        asked = unique_requests(samples(4))
+        assert pairs == [] and fake.message_count == asked  # a refusal is not asked again identically
+        assert judge.usage.as_metrics()["refusals"] == asked
+    with FakeAnthropic(policy_answer) as fake:
+        fake.refusing = {"claude-opus-4-7"}
+        judge = judge_with(params_for(tmp_path / "b", base_url=fake.base_url, refusal_fallback="claude-opus-5-5"))
+        pairs, _, _ = build_pairs(samples(), judge)
+        assert [(p["id"], p["chosen"], p["rejected"]) for p in pairs] == rubric_pairs
+        m = judge.usage.as_metrics()
+        assert m["refusals"] == 0 and m["fallback_answers"] == judge.usage.answers
+        assert {r["body"]["model"] for r in fake.requests} == {"claude-opus-4-7", "claude-opus-5-5"}
+        # a rerun is answered from the cache with the same counts
+        again = judge_with(params_for(tmp_path / "b", base_url=fake.base_url, refusal_fallback="claude-opus-5-5"))
+        build_pairs(samples(), again)
+        assert again.usage.as_metrics() == m and again.usage.requests_sent == 0
+
+
+def test_a_resumed_batch_that_is_gone_names_it_then_resubmits_only_its_requests(tmp_path, rubric_pairs):
+    with FakeAnthropic(policy_answer, batch_polls=1000) as fake:
+        cfg = params_for(tmp_path, base_url=fake.base_url, mode="batch")
+        judge = judge_with(cfg)
+        _, keys = judge.requests("pairwise", [(r["prompt"], r["responses"][0]["text"], r["responses"][1]["text"])
+                                                   for r in samples(2)])
+        judge.cache.add_batch("msgbatch_expired000", cfg.model, keys)  # recorded by a run 30 days ago
+        with pytest.raises(UserError, match="msgbatch_expired000 .2 requests. is gone"):
+            build_pairs(samples(), judge)
+        assert fake.batch_creations == 0
+    with FakeAnthropic(policy_answer) as fake:
+        cfg = params_for(tmp_path, base_url=fake.base_url, mode="batch", resubmit_lost_batches=True)
+        judge = judge_with(cfg)
+        pairs, _, _ = build_pairs(samples(), judge)
+        assert [(p["id"], p["chosen"], p["rejected"]) for p in pairs] == rubric_pairs
+        assert fake.batch_creations == 1 and judge.cache.open_batches(cfg.model) == []
 
 
 def test_faults_are_retried_and_change_nothing(tmp_path, rubric_pairs):
     with FakeAnthropic(policy_answer, slow_s=3) as fake:
         # One request at a time, each fault followed by a good answer, so each fault costs exactly one retry.
-        fake.faults = ["429", None, "529", None, "500", None, "slow", None, "invalid", None, "refusal"]
+        fake.faults = ["429", None, "529", None, "500", None, "slow", None, "invalid", None]
         judge = judge_with(params_for(tmp_path, base_url=fake.base_url, timeout_s=1, concurrency=1))
         pairs, _, counts = build_pairs(samples(), judge)
         assert [(p["id"], p["chosen"], p["rejected"]) for p in pairs] == rubric_pairs
-        # 3 error statuses and a timeout retried by the SDK, an invalid answer and a refusal asked again.
-        assert fake.message_count == unique_requests(samples()) + 6
+        # 3 error statuses and a timeout retried by the SDK, an invalid answer asked again.
+        assert fake.message_count == unique_requests(samples()) + 5
         assert counts["invalid"] == 0
 
 
@@ -312,3 +415,18 @@ def test_the_dry_run_shows_each_round_of_iterative_dpo(tmp_path):
     assert calls["judge (pairwise, both orders, round 2)"] == "8"   # iterate.prompts reuse: the 4 prompts again
     assert calls["eval (faithfulness, 4 models)"] == "16"
     assert calls["eval (5 pairs of models, both orders)"] == "40"
+
+
+def test_token_estimates_are_calibrated_with_the_api_count(tmp_path):
+    """A tokenizer denser than the heuristic (2 characters a token): the judge counts a sample with
+    count_tokens before sending and its estimates then cover what the API bills."""
+    with FakeAnthropic(policy_answer) as fake:
+        fake.chars_per_token = 2.0
+        judge = judge_with(params_for(tmp_path, base_url=fake.base_url))
+        items = [(r["prompt"], r["responses"][0]["text"], r["responses"][1]["text"]) for r in samples()]
+        judge.pairwise_all(items)
+        counts = [r for r in fake.requests if r["path"] == "/v1/messages/count_tokens"]
+        assert 0 < len(counts) <= 8
+        bodies, _ = judge.requests("pairwise", items)
+        assert all(judge._tokens(b)[0] >= fake.input_tokens(b) for b in bodies)
+        assert judge.usage.token_scale > 1.7

@@ -12,7 +12,7 @@ peers (rubric.py, claude.py), built only by registry.py: no caller names a backe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from abc import ABC, abstractmethod
 from typing import Literal
 
@@ -46,12 +46,18 @@ class Usage:
     invalid: int = 0
     answers: int = 0
     identical_skipped: int = 0  # pairwise questions about two identical responses: a tie, never asked
+    stops: dict = field(default_factory=dict)  # invalid answers by stop reason (refusal, max_tokens, ...)
+    token_scale: float = 1.0  # the API's token count over the ~3.5-characters heuristic (a sample's largest)
+    fallback_answers: int = 0  # answered by judge.refusal_fallback after the judge model refused
 
     def as_metrics(self) -> dict:
         # Only what identical inputs reproduce: a re-run served from the cache has the same numbers.
         return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                 "cost_usd": round(self.cost_usd, 4), "answers": self.answers, "invalid": self.invalid,
-                "identical_skipped": self.identical_skipped}
+                "identical_skipped": self.identical_skipped,
+                "refusals": self.stops.get("refusal", 0), "max_tokens_stops": self.stops.get("max_tokens", 0),
+                "other_stops": sum(v for k, v in self.stops.items() if k not in ("refusal", "max_tokens")),
+                "fallback_answers": self.fallback_answers}
 
     def spending(self) -> str:
         return f"{self.requests_sent} requests sent (${self.spent_usd:.4f}), {self.cache_hits} from cache"
@@ -60,7 +66,7 @@ class Usage:
 @dataclass
 class Estimate:
     """Before sending: a batch's calls, how many are distinct and already cached, tokens (output at the
-    max) and USD: an upper bound."""
+    max, thinking room included) and USD: an estimate (input at ~3.5 characters a token, a heuristic)."""
 
     calls: int
     unique: int

@@ -19,7 +19,8 @@ from pathlib import Path
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS judgments (
         key TEXT PRIMARY KEY, backend TEXT, model TEXT, answer TEXT,   -- answer: JSON, or NULL if invalid
-        input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, created REAL)""",
+        input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, created REAL,
+        stop TEXT)                                                      -- why an invalid answer ended""",
     """CREATE TABLE IF NOT EXISTS calls (
         id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT, model TEXT, mode TEXT, valid INTEGER,
         input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, latency_s REAL, error TEXT, created REAL)""",
@@ -51,16 +52,20 @@ class JudgeCache:
         self.db.execute("PRAGMA synchronous=NORMAL")
         for statement in SCHEMA:
             self.db.execute(statement)
+        columns = [r[1] for r in self.db.execute("PRAGMA table_info(judgments)")]
+        if "stop" not in columns:  # a cache written before stop reasons were kept
+            self.db.execute("ALTER TABLE judgments ADD COLUMN stop TEXT")
 
     def get(self, key: str) -> sqlite3.Row | None:
         self.db.row_factory = sqlite3.Row
         return self.db.execute("SELECT * FROM judgments WHERE key = ?", (key,)).fetchone()
 
     def put(self, key: str, backend: str, model: str, answer: dict | None, input_tokens: int,
-            output_tokens: int, cost_usd: float) -> None:
-        self.db.execute("INSERT OR REPLACE INTO judgments VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            output_tokens: int, cost_usd: float, stop: str | None = None) -> None:
+        self.db.execute("INSERT OR REPLACE INTO judgments (key, backend, model, answer, input_tokens, "
+                        "output_tokens, cost_usd, created, stop) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (key, backend, model, None if answer is None else json.dumps(answer), input_tokens,
-                         output_tokens, cost_usd, time.time()))
+                         output_tokens, cost_usd, time.time(), stop))
 
     def log_call(self, key: str, model: str, mode: str, valid: bool, input_tokens: int, output_tokens: int,
                  cost_usd: float, latency_s: float, error: str | None = None) -> None:
@@ -78,8 +83,8 @@ class JudgeCache:
                                "ORDER BY created", (model,)).fetchall()
         return [(r[0], json.loads(r[1])) for r in rows]
 
-    def close_batch(self, batch_id: str) -> None:
-        self.db.execute("UPDATE batches SET status = 'folded' WHERE id = ?", (batch_id,))
+    def close_batch(self, batch_id: str, status: str = "folded") -> None:
+        self.db.execute("UPDATE batches SET status = ? WHERE id = ?", (status, batch_id))
 
     def close(self) -> None:
         self.db.close()
