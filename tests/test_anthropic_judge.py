@@ -430,3 +430,14 @@ def test_token_estimates_are_calibrated_with_the_api_count(tmp_path):
         bodies, _ = judge.requests("pairwise", items)
         assert all(judge._tokens(b)[0] >= fake.input_tokens(b) for b in bodies)
         assert judge.usage.token_scale > 1.7
+
+
+def test_the_report_says_how_many_answers_were_refused_or_cut_off():
+    from dpo_pipeline.reporting.tables import preference_data
+
+    judge = {"pairs": 5, "prompts": 8, "backend": "anthropic", "ties": 1, "position_consistency": 0.9,
+             "usage": {"refusals": 2, "max_tokens_stops": 1, "other_stops": 0, "fallback_answers": 0}}
+    text = preference_data(judge, True)
+    assert "2 refused" in text and "1 cut off at max_tokens" in text
+    clean = {**judge, "usage": {"refusals": 0, "max_tokens_stops": 0}}
+    assert "Judge answers" not in preference_data(clean, True)

@@ -87,8 +87,21 @@ def preference_data(judge: dict, generated: bool) -> str:
     text = (f"{judge['pairs']} pairs kept from {judge['prompts']} prompts by the `{judge['backend']}` judge; "
             f"{judge['ties']} ties dropped")
     if judge.get("position_consistency") is not None:
-        return text + f"; position consistency {judge['position_consistency']:.1%}."
-    return text + f"; best vs worst of {judge['candidates']} candidates a prompt."
+        text += f"; position consistency {judge['position_consistency']:.1%}."
+    else:
+        text += f"; best vs worst of {judge['candidates']} candidates a prompt."
+    return text + stops_line(judge.get("usage") or {})
+
+
+def stops_line(usage: dict) -> str:
+    """The judge's answers that were excluded, by why they ended (empty when none was)."""
+    parts = [f"{usage[k]} {label}" for k, label in (
+        ("refusals", "refused (set judge.refusal_fallback to ask another model)"),
+        ("max_tokens_stops", "cut off at max_tokens even with 4x the room (raise judge.max_tokens)"),
+        ("other_stops", "ended otherwise")) if usage.get(k)]
+    if usage.get("fallback_answers"):
+        parts.append(f"{usage['fallback_answers']} answered by the refusal fallback model")
+    return f" Judge answers: {'; '.join(parts)}." if parts else ""
 
 
 def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict], cfg: ReportParams,
