@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dpo_pipeline.config import RUNTIME, EvalParams, JudgeParams, Params, SampleParams
+from tools.rounds import render
+
 # Plumbing every stage imports that cannot change a stage's outputs (validation, file I/O, error printing);
 # listing them would re-run the whole pipeline for a reworded error message. The rooms' __init__ files hold
 # only a docstring (tests/test_layout.py checks), so importing a room's module costs no dependency on them.
@@ -21,6 +24,13 @@ PLUMBING = {"dpo_pipeline", "dpo_pipeline.cli", "dpo_pipeline.config", "dpo_pipe
             "dpo_pipeline.models", "dpo_pipeline.judging", "dpo_pipeline.evaluation", "dpo_pipeline.reporting"}
 STAGES = ["prepare", "sft", "sample", "judge", "train", "eval_baselines", "eval", "report"]
 TASK_MODULE = "${task.module}"
+# The sections with run-time keys (config.RUNTIME): a stage lists their other keys one by one, not the section.
+SECTIONS = {"judge": JudgeParams, "sample": SampleParams, "eval": EvalParams}
+# Keys of such a section that a stage reading it never reads, so it does not list them either (checked below:
+# the stage's code never names them).
+UNREAD = {"judge": {"judge.reliability_repeats"},        # eval's self-consistency repeats
+          "eval": {"judge.label_noise"},                 # flips the training pairs, in the judge stage
+          "eval_baselines": {"eval.bootstrap_samples"}}  # eval's confidence intervals
 
 
 @pytest.fixture(scope="module")
@@ -89,16 +99,20 @@ def test_every_stage_depends_on_exactly_the_code_it_runs(dvc_yaml, root):
         assert code <= needed, f"stage {name} depends on code it does not run: {code - needed}"
 
 
+def dvc_status(repo: Path) -> dict:
+    proc = subprocess.run(["dvc", "status", "--json"], cwd=repo, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
 def dvc_status_after_touching(repo: Path, files: list[str]) -> dict[str, set[str]]:
     """Append a comment to each of `files`, then ask `dvc status` which stages it finds changed, per file."""
     for f in files:
         with (repo / f).open("a") as fh:
             fh.write("# touched\n")
-    proc = subprocess.run(["dvc", "status", "--json"], cwd=repo, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
-    assert proc.returncode == 0, proc.stderr
     touched: dict[str, set[str]] = {f: set() for f in files}
-    for stage, changes in json.loads(proc.stdout).items():
+    for stage, changes in dvc_status(repo).items():
         for change in changes:
             for path in (change.get("changed deps") or {}) if isinstance(change, dict) else ():
                 if path in touched:
@@ -106,15 +120,20 @@ def dvc_status_after_touching(repo: Path, files: list[str]) -> dict[str, set[str
     return touched
 
 
-def test_touching_a_library_module_reruns_only_the_stages_that_use_it(root, tmp_path, params):
-    """In a copy of the repository with the committed dvc.lock, edit every library module (and both task
-    modules) and see which stages `dvc status` calls changed: exactly those that import it."""
+def copy_repo(root: Path, dest: Path) -> None:
+    """The repository's files (the committed dvc.lock among them) in `dest`, a git repository of its own."""
     for f in subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=root,
                             capture_output=True, text=True, check=True).stdout.split():
         if (root / f).is_file():
-            (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(root / f, tmp_path / f)
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / f, dest / f)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+
+
+def test_touching_a_library_module_reruns_only_the_stages_that_use_it(root, tmp_path, params):
+    """In a copy of the repository with the committed dvc.lock, edit every library module (and both task
+    modules) and see which stages `dvc status` calls changed: exactly those that import it."""
+    copy_repo(root, tmp_path)
     library = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "dpo_pipeline").rglob("*.py"))
     seen = dvc_status_after_touching(tmp_path, library)
     selected = params["task"]["module"]
@@ -162,3 +181,146 @@ def test_committed_lock_matches_the_code(root):
                 if hashlib.md5(path.read_bytes()).hexdigest() != dep["md5"]:
                     stale.append(f"{name}: {dep['path']}")
     assert not stale, f"run `dvc repro` and commit dvc.lock; stale: {stale}"
+
+
+# --- run-time settings (config.RUNTIME) re-run nothing; every other key re-runs the stages that read it ---------
+
+def runtime_keys(section: str) -> set[str]:
+    return {f"{section}.{key}" for key in RUNTIME[section]}
+
+
+def output_keys(section: str) -> set[str]:
+    return {f"{section}.{key}" for key in SECTIONS[section].model_fields} - runtime_keys(section)
+
+
+def listed(stage: dict) -> dict[str, set[str]]:
+    """A stage's params of SECTIONS, by section."""
+    out: dict[str, set[str]] = {}
+    for p in stage.get("params", []):
+        if p.split(".")[0] in SECTIONS:
+            out.setdefault(p.split(".")[0], set()).add(p)
+    return out
+
+
+def names_in_code(stage: str, key: str, root: Path) -> bool:
+    """Whether the stage's code (its file and the library modules it imports) reads `.<field>` of `key`."""
+    field = re.compile(rf"\.{re.escape(key.split('.', 1)[1])}\b")
+    return any(field.search((root / f).read_text()) for f in needed_deps(stage, root) if f != TASK_MODULE)
+
+
+def test_runtime_keys_are_keys():
+    assert set(RUNTIME) == set(SECTIONS)
+    for section in SECTIONS:
+        assert runtime_keys(section) <= {f"{section}.{k}" for k in SECTIONS[section].model_fields}, section
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_each_key_is_a_stage_param_or_runtime_never_both(root, rounds):
+    """Every key of judge, sample and eval (from the pydantic models, so a new one cannot be forgotten) is in
+    the params of each stage that reads its section, or in config.RUNTIME: never both, never neither. Also for
+    the round stages `python -m tools.rounds 2` writes."""
+    stages = yaml.safe_load(render((root / "dvc.yaml").read_text(), rounds))["stages"]
+    if rounds > 1:
+        assert {"sample_r2", "judge_r2", "train_r2"} <= set(stages)
+    for name, stage in stages.items():
+        code = re.sub(r"_r\d+$", "", name)  # round k's stages run round 1's code
+        keys = listed(stage)
+        own = (root / f"stages/{code}.py").read_text()
+        assert {s for s in SECTIONS if f"params.{s}" in own} <= set(keys), f"{name} reads a section it lists nothing of"
+        for section, named in keys.items():
+            assert section not in named, f"{name} depends on the whole {section} section, run-time keys included"
+            want = output_keys(section) - UNREAD.get(code, set())
+            assert not named & runtime_keys(section), f"{name}: run-time keys in its params"
+            assert not want - named, f"{name} lacks params {sorted(want - named)} (or add them to config.RUNTIME)"
+            assert named <= want, f"{name} lists params it never reads: {sorted(named - want)}"
+    for stage, keys in UNREAD.items():
+        assert not [k for k in keys if names_in_code(stage, k, root)], f"{stage} reads {keys}: list it in dvc.yaml"
+
+
+def changed_params(status: dict) -> dict[str, set[str]]:
+    """`dvc status --json`'s changed params.yaml keys, by stage."""
+    out: dict[str, set[str]] = {}
+    for stage, changes in status.items():
+        for change in changes:
+            if isinstance(change, dict):
+                out[stage] = out.get(stage, set()) | set((change.get("changed deps") or {}).get("params.yaml") or {})
+    return {stage: keys for stage, keys in out.items() if keys}
+
+
+def another(value):
+    """A different value of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):  # within every bound: 16 -> 8, 1 -> 2
+        return value + 1 if value < 2 else value // 2
+    if isinstance(value, float):
+        return value / 2 if value else 0.5
+    if isinstance(value, str):
+        return value + "-other"
+    if isinstance(value, list):
+        return [*value, value[-1]]
+    if isinstance(value, dict):
+        return {**value, "other": next(iter(value.values()))}
+    return 1  # null
+
+
+def value(params: dict, dotted: str):
+    for part in dotted.split("."):
+        params = params[part]
+    return params
+
+
+def record_params(repo: Path) -> None:
+    """The copy's dvc.lock records params.yaml's values of every stage's params (as `dvc commit` would, with
+    no stage run): the lock is current, whatever params.yaml edits are in the working tree."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    for name, stage in lock["stages"].items():
+        stage["params"] = {"params.yaml": {k: value(params, k) for k in sorted(stages[name].get("params", []))}}
+    (repo / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+
+
+def test_runtime_settings_rerun_nothing_and_the_others_rerun_their_stages(root, tmp_path, dvc_yaml):
+    """In a copy whose dvc.lock is current, `dvc status` after changing every run-time setting in params.yaml
+    (as `-S judge.concurrency=32` would) finds no stage changed; after changing every other key of those
+    sections, each stage that lists one, with exactly its keys."""
+    copy_repo(root, tmp_path)
+    record_params(tmp_path)
+    text = (tmp_path / "params.yaml").read_text()
+    assert changed_params(dvc_status(tmp_path)) == {}
+
+    def status_after(keys: set[str]) -> dict[str, set[str]]:
+        params = yaml.safe_load(text)
+        for key in keys:
+            section, field = key.split(".", 1)
+            params[section][field] = another(params[section][field])
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return changed_params(dvc_status(tmp_path)), params
+
+    runtime = set().union(*map(runtime_keys, SECTIONS))
+    assert {"judge.concurrency", "judge.timeout_s", "judge.max_retries", "judge.max_cost_usd", "judge.batch_poll_s",
+            "judge.requests_per_minute", "judge.input_tokens_per_minute", "sample.batch_size", "sample.num_processes",
+            "eval.batch_size", "eval.num_processes"} <= runtime
+    seen, params = status_after(runtime)
+    Params.model_validate(params)  # still valid: a stage would run with them
+    assert seen == {}, f"run-time settings re-run {seen}"
+
+    seen, _ = status_after(set().union(*map(output_keys, SECTIONS)))
+    expected = {name: set().union(*listed(stage).values()) for name, stage in dvc_yaml["stages"].items() if listed(stage)}
+    assert seen == expected
+    assert {s for s, keys in seen.items() if "judge.model" in keys} == {"judge", "eval"}
+    assert {s for s, keys in seen.items() if "sample.temperatures" in keys} == {"sample"}
+    assert {s for s, keys in seen.items() if "eval.temperature" in keys} == {"eval_baselines", "eval"}
+
+
+def test_committed_lock_records_the_params_as_they_are(root, dvc_yaml, params):
+    """dvc.lock records, for each stage, the value of each param it lists: else `dvc status` on a fresh clone
+    reports params changed that nobody changed (after a params edit: `dvc repro`, or a change that cannot alter
+    an output re-recorded without running)."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    for name, stage in dvc_yaml["stages"].items():
+        recorded = lock[name].get("params", {}).get("params.yaml", {})
+        assert set(recorded) == set(stage.get("params", [])), name
+        stale = {k: (v, value(params, k)) for k, v in recorded.items() if v != value(params, k)}
+        assert not stale, f"{name}: dvc.lock records {stale} (recorded, params.yaml)"
