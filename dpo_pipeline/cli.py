@@ -1,17 +1,21 @@
-"""The entry point of every stage and tool: load and validate params.yaml once, call `main(params)`, and
-turn the library's `UserError` / `ServiceError` into one line and an exit code (2 / 1). This is the one
-place a user mistake becomes a message."""
+"""The entry point of every stage and tool: parse a tool's command line (argparse: `--help`, and a bad flag
+one line, exit 2), load and validate params.yaml once, call `main(params)`, and turn the library's
+`UserError` / `ServiceError` into one line and an exit code (2 / 1). This is the one place a user mistake
+becomes a message. Also the programs a tool runs: the venv's `dvc`, found without the venv on PATH."""
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import logging
 import os
 import resource
+import shutil
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Callable
 
 from dpo_pipeline import rounds
@@ -28,21 +32,27 @@ STARTED = time.perf_counter()
 STAGE_LOG = "DPO_PIPELINE_STAGE_LOG"
 
 
-def run(main: Callable[..., None], needs_params: bool = True) -> None:
-    """`main(params)` with the validated params.yaml (or `main()` for a tool that reads none); a stage every
-    round of iterative DPO runs takes `round_num` too, from `--round K` (1 without it)."""
+def run(main: Callable[..., None], parser: argparse.ArgumentParser | None = None, needs_params: bool = True) -> None:
+    """`main(params)` with the validated params.yaml (or `main()` for a tool that reads none). A tool's
+    `parser` parses the command line first, so `--help` and a bad flag never read params.yaml; main takes
+    the parsed arguments as `args` if it has that parameter. A stage every round of iterative DPO runs takes
+    `round_num` too, from `--round K` (1 without it)."""
     # The libraries' deprecation chatter is for their maintainers, not for someone reading a dvc repro log.
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    wanted = inspect.signature(main).parameters
+    kwargs = {"args": parser.parse_args(sys.argv[1:])} if parser is not None and "args" in wanted else {}
+    if parser is not None and not kwargs:
+        parser.parse_args(sys.argv[1:])  # --help, and no stray argument
     try:
         if not needs_params:
-            main()
-        elif "round_num" in inspect.signature(main).parameters:
+            main(**kwargs)
+        elif "round_num" in wanted:
             params, k = load_params(), round_arg(sys.argv[1:])
             rounds.check(params, k)
             main(params, round_num=k)
         else:
-            main(load_params())
+            main(load_params(), **kwargs)
         if os.environ.get(STAGE_LOG):
             log_stage(os.environ[STAGE_LOG], module_of(main).rsplit(".", 1)[-1])
     except UserError as e:
@@ -51,6 +61,42 @@ def run(main: Callable[..., None], needs_params: bool = True) -> None:
     except ServiceError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+class ToolParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad flag or argument is one line (the usage folded into it), exit 2, as a
+    UserError is."""
+
+    def error(self, message: str):
+        print(f"error: {message} ({' '.join(self.format_usage().split())}; --help for more)", file=sys.stderr)
+        sys.exit(2)
+
+
+def tool_parser(doc: str) -> ToolParser:
+    """A tool's command line: its module docstring's first line the description, the rest (its command
+    lines) the epilog; the program named as it is run, `python -m tools.<name>`."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    prog = f"python -m {spec.name}" if spec is not None else os.path.basename(sys.argv[0])
+    first, _, rest = doc.strip().partition("\n")
+    return ToolParser(prog=prog, description=first, epilog=rest.strip("\n") or None,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def executable(name: str) -> str:
+    """The program `name` (dvc) installed beside this Python, so a tool run as `.venv/bin/python -m tools.X`
+    finds the venv's dvc also when the venv is not on PATH; else the one on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        raise UserError(f"{name}: not installed beside {sys.executable} nor on PATH (make install)")
+    return found
+
+
+def environment() -> dict[str, str]:
+    """This process's environment with this Python's folder first on PATH: the stages a `dvc exp run` starts
+    (`python -m stages.<name>`) then run in the same venv as the tool that started it."""
+    path = [str(Path(sys.executable).parent), *filter(None, os.environ.get("PATH", "").split(os.pathsep))]
+    return {**os.environ, "PATH": os.pathsep.join(path)}
 
 
 def round_arg(argv: list[str]) -> int:

@@ -1,2 +1,3 @@
-"""Tools beside the pipeline, not DVC stages: `python -m tools.<name>` (estimate, sweep, gate, pr_report,
-make_data). The Makefile names each."""
+"""Tools beside the pipeline, not DVC stages: `python -m tools.<name>` (estimate, gate, make_data, pr_report,
+rounds, seeds, sweep), each with an argparse command line (`--help`; a bad flag is one line, exit 2). The
+Makefile names each."""

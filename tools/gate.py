@@ -8,6 +8,7 @@ Fails (exit 1, one line per problem) when a headline metric leaves its band arou
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -39,8 +40,8 @@ def problems(new: dict, old: dict, cfg: GateParams, metrics: list[Metric]) -> li
     return out
 
 
-def main(params: Params) -> None:
-    ref = sys.argv[1] if len(sys.argv) > 1 else "HEAD"
+def main(params: Params, args: argparse.Namespace) -> None:
+    ref = args.ref
     path = params.paths.eval_metrics
     shown = subprocess.run(["git", "show", f"{ref}:{path}"], capture_output=True, text=True)
     if shown.returncode != 0:
@@ -54,5 +55,12 @@ def main(params: Params) -> None:
     print(f"gate: {path} within its bands of {ref}; DPO's pairwise ci_low above {params.gate.min_ci_low}")
 
 
+def parser() -> argparse.ArgumentParser:
+    p = cli.tool_parser(__doc__)
+    p.add_argument("ref", nargs="?", default="HEAD", metavar="REF",
+                   help="the git revision whose committed metrics are the reference (default: HEAD)")
+    return p
+
+
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, parser())

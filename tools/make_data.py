@@ -23,4 +23,4 @@ def main(params: Params) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, cli.tool_parser(__doc__))

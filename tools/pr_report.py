@@ -12,11 +12,10 @@ table says which). Then `dvc params diff` and `dvc metrics diff` against BASE; w
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
-from dpo_pipeline.errors import UserError
 from dpo_pipeline.evaluation.compare import (PairedChange, SideBySide, paired_change, run_ci, shared_prompts,
                                              side_by_side)
 from dpo_pipeline.evaluation.schema import PAIRWISE, headline, model_metrics
@@ -94,13 +93,16 @@ def report(base: str, plots_dir: str | None, params: Params) -> str:
     return "\n".join(lines)
 
 
-def main(params: Params) -> None:
-    args = sys.argv[1:]
-    if not args:
-        raise UserError("usage: python -m tools.pr_report BASE [--plots DIR]")
-    plots = args[args.index("--plots") + 1] if "--plots" in args else None
-    print(report(args[0], plots, params))
+def main(params: Params, args: argparse.Namespace) -> None:
+    print(report(args.base, args.plots, params))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = cli.tool_parser(__doc__)
+    p.add_argument("base", metavar="BASE", help="the git revision to compare with (origin/main, HEAD~1)")
+    p.add_argument("--plots", metavar="DIR", help="also write `dvc plots diff BASE` to DIR")
+    return p
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, parser())

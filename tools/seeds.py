@@ -15,13 +15,13 @@ stand behind its verdict.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
-import sys
 from pathlib import Path
 
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
-from dpo_pipeline.errors import UserError
+from dpo_pipeline.errors import ServiceError, UserError
 from dpo_pipeline.evaluation import seeds
 from dpo_pipeline.evaluation.schema import model_metrics
 from dpo_pipeline.files import read_jsonl, write_json, write_text
@@ -30,18 +30,21 @@ from dpo_pipeline.tasks import get_task
 
 
 def sh(*cmd: str) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=cli.environment())
     if proc.returncode != 0:
-        raise UserError(f"{' '.join(cmd[:4])}: {(proc.stderr.strip().splitlines() or ['failed'])[-1]}")
+        why = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+        raise UserError(f"{' '.join([Path(cmd[0]).name, *cmd[1:4]])}: {why}")
     return proc.stdout
 
 
 def run_experiments(train_seeds: list[int]) -> None:
+    dvc = cli.executable("dvc")  # the stages it runs find this venv's python: cli.environment()
     for s in train_seeds:
-        subprocess.run(["dvc", "exp", "remove", f"seed-{s}"], capture_output=True)  # a rerun replaces it
-        sh("dvc", "exp", "run", "--queue", "-n", f"seed-{s}", "-S", f"train.seed={s}")
+        subprocess.run([dvc, "exp", "remove", f"seed-{s}"], capture_output=True)  # a rerun replaces it
+        sh(dvc, "exp", "run", "--queue", "-n", f"seed-{s}", "-S", f"train.seed={s}")
     print(f"seeds: running {len(train_seeds)} queued experiments (train, eval, report each) ...", flush=True)
-    subprocess.run(["dvc", "exp", "run", "--run-all"], check=True)
+    if subprocess.run([dvc, "exp", "run", "--run-all"], env=cli.environment()).returncode != 0:
+        raise ServiceError("dvc exp run --run-all failed (its output is above); the finished experiments are kept")
 
 
 def outputs_of(name: str, eval_outputs: str) -> list[dict]:
@@ -55,13 +58,14 @@ def outputs_of(name: str, eval_outputs: str) -> list[dict]:
     return read_jsonl(path, required=("id", "sft", "dpo"))
 
 
-def main(params: Params) -> None:
-    args = sys.argv[1:]
-    collect_only = "--collect" in args
-    train_seeds = [int(a) for a in args if a != "--collect"]
-    if (not train_seeds and not collect_only) or params.seed in train_seeds:
-        raise UserError(f"usage: python -m tools.seeds [--collect] SEED [SEED ...] (other than the workspace's "
-                        f"seed {params.seed}, which is always included)")
+def main(params: Params, args: argparse.Namespace) -> None:
+    collect_only, train_seeds = args.collect, args.seeds
+    if not train_seeds and not collect_only:
+        raise UserError("tools.seeds: give at least one training SEED to run (or --collect alone: the "
+                        "workspace's run)")
+    if params.seed in train_seeds:
+        raise UserError(f"tools.seeds: seed {params.seed} is the workspace's (params.yaml's seed), always included; "
+                        "give other seeds")
     if params.train.seed is not None:
         raise UserError(f"params.yaml: train.seed is {params.train.seed}; set it to null so the workspace's run "
                         "is the top-level seed's")
@@ -83,5 +87,13 @@ def main(params: Params) -> None:
     print(f"seeds: {paths.seeds} and {Path(paths.reports) / 'seeds.md'}; `dvc repro` updates the report's verdict")
 
 
+def parser() -> argparse.ArgumentParser:
+    p = cli.tool_parser(__doc__)
+    p.add_argument("seeds", nargs="*", type=int, metavar="SEED",
+                   help="training seeds to run as experiments seed-SEED, beside the workspace's run")
+    p.add_argument("--collect", action="store_true", help="only read the experiments already run")
+    return p
+
+
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, parser())

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import yaml
 
+from dpo_pipeline.cli import executable
 from dpo_pipeline.errors import UserError
 
 
 def dvc(*args: str) -> str:
     """The dvc command's output; its failure (not a DVC repository, an unknown ref) is the user's to fix."""
-    proc = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    proc = subprocess.run([executable("dvc"), *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise UserError(f"dvc {' '.join(args)}: {(proc.stderr.strip().splitlines() or ['failed'])[-1]}")
     return proc.stdout.strip()
