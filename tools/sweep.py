@@ -6,12 +6,16 @@
     python -m tools.sweep --check    (also fails unless KL falls from the lowest beta to the highest)
     dvc plots show reports/sweep.csv -x kl -y reward_margin     (the DPO paper's reward-vs-KL frontier)
 
-Reads every experiment and the baseline from `dvc exp show --json`. Not a DVC stage: it reads experiments,
-which live outside any one run of the pipeline.
+Reads the baseline commit and its experiments from `dvc exp show --json`, and takes as the sweep's the
+experiments whose params differ from the baseline commit's in train.beta alone: `make seeds`'s seed-N
+(train.seed), `make rounds`'s rounds-N, `make real`'s real-smollm2* and any other experiment are left out,
+whatever their beta. Not a DVC stage: it reads experiments, which live outside any one run of the pipeline.
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
 import csv
 import io
 import json
@@ -30,16 +34,31 @@ COLUMNS = ("beta", "kl", "kl_max", "reward_margin", "reward_accuracy", "win_rate
            "task_metrics", "experiment")
 
 
-def rows_from(exp_show: list[dict]) -> list[dict]:
-    """One row per run (the baseline commit and each experiment) that has train and eval metrics."""
+def but_beta(data: dict) -> dict:
+    """A run's params, every params file, with train.beta taken out."""
+    params = {path: copy.deepcopy(f.get("data") or {}) for path, f in (data.get("params") or {}).items()}
+    params.get("params.yaml", {}).get("train", {}).pop("beta", None)
+    return params
+
+
+def sweep_runs(exp_show: list[dict]) -> list[tuple[str, dict]]:
+    """(name, data) of each baseline commit and each of its experiments whose params differ from the
+    commit's in train.beta alone: the beta sweep's runs, and no other kind of experiment."""
     runs = []
     for commit in exp_show:
-        if commit["rev"] == "workspace":
+        if commit["rev"] == "workspace":  # the workspace may be mid-change (make rounds rewrites it)
             continue
-        runs.append((commit.get("name") or commit["rev"][:7], commit["data"]))
+        runs.append((commit.get("name") or commit["rev"][:7], commit.get("data") or {}))
+        base = but_beta(runs[-1][1])
         for exp in commit.get("experiments") or []:
-            for rev in exp["revs"]:
-                runs.append((rev.get("name") or rev["rev"][:7], rev["data"]))
+            runs += [(rev.get("name") or rev["rev"][:7], rev.get("data") or {}) for rev in exp.get("revs") or []
+                     if but_beta(rev.get("data") or {}) == base]
+    return runs
+
+
+def rows_from(exp_show: list[dict]) -> list[dict]:
+    """One row per run of the sweep (sweep_runs) that has train and eval metrics, sorted by beta."""
+    runs = sweep_runs(exp_show)
     rows = []
     for name, data in runs:
         params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
@@ -60,10 +79,14 @@ def rows_from(exp_show: list[dict]) -> list[dict]:
 
 
 def kl_trend(rows: list[dict]) -> tuple[dict, dict]:
-    """The runs at the lowest and the highest beta of the sweep."""
-    if len({r["beta"] for r in rows}) < 2:
+    """The run at the sweep's lowest beta and the run at its highest: where several runs share a beta, the
+    lowest-beta run of lowest KL and the highest-beta run of highest KL (KL falling between those two means
+    it falls between every such pair)."""
+    betas = sorted({r["beta"] for r in rows})
+    if len(betas) < 2:
         raise UserError("the sweep needs at least two values of train.beta")
-    return rows[0], rows[-1]
+    return (min((r for r in rows if r["beta"] == betas[0]), key=lambda r: r["kl"]),
+            max((r for r in rows if r["beta"] == betas[-1]), key=lambda r: r["kl"]))
 
 
 def markdown(rows: list[dict]) -> str:
@@ -79,13 +102,13 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    proc = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+def main(args: argparse.Namespace) -> None:
+    proc = subprocess.run([cli.executable("dvc"), "exp", "show", "--json"], capture_output=True, text=True)
     if proc.returncode != 0:
         raise UserError(f"dvc exp show failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else ''}")
     rows = rows_from(json.loads(proc.stdout))
     if not rows:
-        raise UserError("no experiments with train and eval metrics: run dvc exp run --queue -S "
+        raise UserError("no run of a beta sweep with train and eval metrics: run dvc exp run --queue -S "
                         "'train.beta=0.01,0.1,0.5' and dvc exp run --run-all first")
     from dpo_pipeline.reporting.figures import sweep
 
@@ -97,14 +120,22 @@ def main() -> None:
     writer.writerows(rows)
     write_text("reports/sweep.csv", out.getvalue())
     print(markdown(rows) + "wrote reports/sweep.md, reports/sweep.png and reports/sweep.csv")
-    if "--check" in sys.argv[1:]:
+    if args.check:
         low, high = kl_trend(rows)
+        at = {side: f"{r['kl']} at beta {r['beta']} ({r['experiment']})" for side, r in (("low", low), ("high", high))}
         if not low["kl"] > high["kl"]:
-            print(f"sweep: KL at beta {low['beta']} ({low['kl']}) is not above KL at beta {high['beta']} "
-                  f"({high['kl']}): a higher beta should anchor the policy closer to the reference", file=sys.stderr)
+            print(f"sweep: KL {at['low']} is not above KL {at['high']}: a higher beta should anchor the policy "
+                  "closer to the reference", file=sys.stderr)
             sys.exit(1)
-        print(f"sweep: KL falls from {low['kl']} at beta {low['beta']} to {high['kl']} at beta {high['beta']}")
+        print(f"sweep: KL falls from {at['low']} to {at['high']}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = cli.tool_parser(__doc__)
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 unless KL at the lowest beta is above KL at the highest")
+    return p
 
 
 if __name__ == "__main__":
-    cli.run(main, needs_params=False)
+    cli.run(main, parser(), needs_params=False)
