@@ -38,14 +38,16 @@ test: install
 	python -m pytest
 
 # The regression gate (CI runs it after the tests): reproduce the defaults, compare with the committed
-# metrics, then train at beta 0.5 beside the defaults' 0.1 and check that the higher beta gives the lower KL.
+# metrics, then train at beta 0.5 beside the defaults' 0.1 and check that the higher beta gives the lower KL
+# (tools.sweep reads only the experiments that differ from the defaults in train.beta alone).
 # Not 0.01: TRL's sigmoid loss scales its gradient by beta, so at 0.01 the DPO term barely moves the policy
 # and KL comes out LOW (0.91 against 2.69 at 0.1 and 1.61 at 0.5 on one machine; 1.91 / 2.03 / 0.45 on another;
 # since issue 15's exact-sample KL estimate: 5.50 at 0.1, 2.48 at 0.5).
 gate: install
 	dvc repro
 	python -m tools.gate
-	dvc exp run --queue -S 'train.beta=0.5'
+	-dvc exp remove sweep-beta0.5 2>/dev/null
+	dvc exp run --queue -n sweep-beta0.5 -S 'train.beta=0.5'
 	dvc exp run --run-all
 	python -m tools.sweep --check
 
@@ -56,14 +58,12 @@ pr-report: install
 data: install
 	python -m tools.make_data
 
-# tools.rounds writes the round stages into the workspace's dvc.yaml, which the experiment takes, then puts
-# the one-round pipeline back.
+# tools.rounds --exp-run writes the round stages into the workspace's dvc.yaml and params.yaml, which the
+# experiment (dvc exp run --temp) takes, and puts both back as they were on every exit, Ctrl-C included.
 N ?= 2
 rounds: install
 	-dvc exp remove rounds-$(N) 2>/dev/null
-	python -m tools.rounds $(N)
-	dvc exp run --temp -n rounds-$(N) -S paths.reports=reports/rounds-$(N) || (python -m tools.rounds 1; exit 1)
-	python -m tools.rounds 1
+	python -m tools.rounds $(N) --exp-run -n rounds-$(N) -S paths.reports=reports/rounds-$(N)
 	git checkout $$(git for-each-ref --format='%(refname)' 'refs/exps/' | grep '/rounds-$(N)$$' | head -1) -- reports/rounds-$(N)
 	sed -n '1,16p' reports/rounds-$(N)/report.md
 
@@ -91,10 +91,8 @@ REAL = -S model.base=builtin:smollm2-135m -S paths.reports=reports/$(REAL_NAME) 
 real: install
 	-dvc exp remove $(REAL_NAME) 2>/dev/null
 	rm -f reports/$(REAL_NAME).stages.jsonl
-	python -m tools.rounds $(REAL_ROUNDS)  # the experiment takes the workspace's dvc.yaml and params.yaml
-	DPO_PIPELINE_STAGE_LOG=$(abspath reports/$(REAL_NAME).stages.jsonl) dvc exp run --temp -n $(REAL_NAME) $(REAL) \
-		|| (python -m tools.rounds 1; exit 1)
-	python -m tools.rounds 1
+	DPO_PIPELINE_STAGE_LOG=$(abspath reports/$(REAL_NAME).stages.jsonl) \
+		python -m tools.rounds $(REAL_ROUNDS) --exp-run -n $(REAL_NAME) $(REAL)  # dvc.yaml, params.yaml put back
 	git checkout $$(git for-each-ref --format='%(refname)' 'refs/exps/' | grep '/$(REAL_NAME)$$' | head -1) -- reports/$(REAL_NAME)
 	mv reports/$(REAL_NAME).stages.jsonl reports/$(REAL_NAME)/stages.jsonl
 	sed -n '1,13p' reports/$(REAL_NAME)/report.md

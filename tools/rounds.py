@@ -3,6 +3,8 @@
     python -m tools.rounds            # dvc.yaml's round stages for params.yaml's rounds
     python -m tools.rounds 3          # set `rounds: 3` in params.yaml, then write them   (make rounds N=3)
     python -m tools.rounds --check    # exit 2 when dvc.yaml and params.yaml disagree (the tests run it)
+    python -m tools.rounds 2 --exp-run -n rounds-2 ...   # `dvc exp run --temp -n rounds-2 ...` on 2 rounds'
+                                      # stages, then dvc.yaml and params.yaml put back (make rounds, make real)
 
 DVC expands `foreach` over a list but cannot count, and round k must name round k-1's outputs: so round k's
 stages (sample_r<k>, judge_r<k>, train_r<k>) are generated from round 1's own (sample, judge, train), with
@@ -11,19 +13,29 @@ round depends on the rounds before it only, so `dvc repro` re-runs a round when 
 an earlier one for a later one's sake; round 1 is the pipeline's own stages, which read neither `rounds` nor
 `iterate`. The tool rewrites only what lies between dvc.yaml's `# >>> rounds` and `# <<< rounds` lines: with
 `rounds: 1` those hold nothing, and dvc.yaml is the one-round pipeline.
+
+With --exp-run the workspace keeps its pipeline: `dvc exp run --temp` runs the experiment in a copy of the
+workspace, which it takes from the workspace's files, so the tool writes N rounds' stages into dvc.yaml and
+params.yaml only while dvc runs, and puts both back byte for byte as they were on every exit: dvc done or
+failed, Ctrl-C, SIGTERM or SIGHUP (SIGKILL aside).
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
 from dpo_pipeline import cli
 from dpo_pipeline.config import PARAMS_FILE, Params, load_params
-from dpo_pipeline.errors import UserError
+from dpo_pipeline.errors import ServiceError, UserError
 from dpo_pipeline.rounds import FILES, STAGES, stage_name
 
 DVC_YAML = "dvc.yaml"
@@ -114,15 +126,8 @@ def set_rounds(n: int, path: str = PARAMS_FILE) -> None:
     Path(path).write_text(new)
 
 
-def main(params: Params) -> None:
-    args = sys.argv[1:]
-    check = "--check" in args
-    numbers = [a for a in args if a != "--check"]
-    if numbers:
-        if not numbers[0].isdigit() or int(numbers[0]) < 1:
-            raise UserError(f"rounds: expected a number >= 1, got {numbers[0]!r}")
-        set_rounds(int(numbers[0]))
-        params = load_params()  # validated again: rounds > 1 needs generated preferences
+def write(params: Params, check: bool = False) -> None:
+    """dvc.yaml's round stages for params' rounds (with check: only whether they are those)."""
     text = Path(DVC_YAML).read_text()
     new = render(text, params.rounds)
     if check:
@@ -138,5 +143,96 @@ def main(params: Params) -> None:
              if params.rounds > 1 else "") + "; now `dvc repro` (or `dvc exp run`)")
 
 
+class Stopped(Exception):
+    """SIGTERM or SIGHUP arrived: unwind as Ctrl-C does, so the workspace is put back."""
+
+
+def stopped(signum, frame):
+    raise Stopped(signal.Signals(signum).name)
+
+
+def exp_run(rounds: int | None, dvc_args: list[str]) -> None:
+    """`dvc exp run --temp DVC_ARGS` with `rounds` rounds' stages, dvc.yaml and params.yaml then put back."""
+    saved = {f: Path(f).read_bytes() for f in (DVC_YAML, PARAMS_FILE)}
+    env = cli.environment()
+    os.environ.pop(cli.STAGE_LOG, None)  # the stages dvc runs write the stage log, not this tool
+    handlers = {sig: signal.signal(sig, stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    proc, why = None, None
+    try:
+        if rounds is not None:
+            set_rounds(rounds)
+        write(load_params())  # validated again: rounds > 1 needs generated preferences
+        # dvc and the stages it starts in a process group of their own, which stop() signals as one
+        proc = subprocess.Popen([cli.executable("dvc"), "exp", "run", "--temp", *dvc_args], env=env,
+                                process_group=0)
+        proc.wait()
+    except (KeyboardInterrupt, Stopped) as e:
+        why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped by {e}"
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        if proc is not None:
+            stop(proc)
+        for path, content in saved.items():  # once dvc is gone: it stashes and restores the workspace itself
+            if Path(path).read_bytes() != content:
+                Path(path).write_bytes(content)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if why is not None:
+        print(f"tools.rounds: {why}; {DVC_YAML} and {PARAMS_FILE} put back", file=sys.stderr)
+        sys.exit(130)
+    if proc.returncode != 0:
+        raise ServiceError(f"dvc exp run failed (exit {proc.returncode}, its output is above); "
+                           f"{DVC_YAML} and {PARAMS_FILE} put back")
+    print(f"tools.rounds: {DVC_YAML} and {PARAMS_FILE} put back")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Until dvc's process group is gone (at once when it finished): SIGINT, as Ctrl-C would send it (dvc's
+    own group is not the terminal's, so Ctrl-C reached this tool only), 30 s to clean up, then SIGTERM, then
+    SIGKILL. dvc alone stopped would leave the running stage behind."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        for _ in range(300):
+            proc.poll()  # reap dvc: a zombie still counts as a member of its group
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
+def positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of rounds >= 1, got {value!r}")
+    return int(value)
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    if args.exp_run is not None:
+        if args.check:
+            raise UserError("tools.rounds: --check and --exp-run do not go together")
+        exp_run(args.rounds, args.exp_run)
+        return
+    if args.rounds is not None:
+        set_rounds(args.rounds)
+        params = load_params()  # validated again: rounds > 1 needs generated preferences
+    write(params, check=args.check)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = cli.tool_parser(__doc__)
+    p.add_argument("rounds", nargs="?", type=positive, metavar="N",
+                   help="set `rounds: N` in params.yaml first (default: params.yaml's rounds as it is)")
+    p.add_argument("--check", action="store_true", help="only check that dvc.yaml's round stages match; exit 2 if not")
+    p.add_argument("--exp-run", nargs=argparse.REMAINDER, metavar="DVC_ARGS",
+                   help="run `dvc exp run --temp DVC_ARGS` (everything after --exp-run) on N rounds' stages, "
+                        "then put dvc.yaml and params.yaml back as they were, on every exit")
+    return p
+
+
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, parser())
