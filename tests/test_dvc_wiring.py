@@ -290,7 +290,7 @@ def test_runtime_settings_rerun_nothing_and_the_others_rerun_their_stages(root, 
     text = (tmp_path / "params.yaml").read_text()
     assert changed_params(dvc_status(tmp_path)) == {}
 
-    def status_after(keys: set[str]) -> dict[str, set[str]]:
+    def status_after(keys: set[str]) -> tuple[dict[str, set[str]], dict]:  # what dvc finds, the params written
         params = yaml.safe_load(text)
         for key in keys:
             section, field = key.split(".", 1)
