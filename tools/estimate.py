@@ -5,9 +5,11 @@
 Needs no API key and sends nothing. For the judge stage it uses the sampled responses when they exist
 (and subtracts what the cache already holds), else the prompts with worst-case-length responses; for the
 eval stage, the held-out prompts with worst-case-length responses, and the `judge.reliability_repeats` of
-them asked again for self-consistency. Output tokens are counted at `judge.max_tokens`, so the USD figure
-is an upper estimate. In batch mode it also shows how many Message Batches each job takes (100,000
-requests or 256 MB each, or `judge.batch_max_requests`). With `rounds` > 1 (iterative DPO) each round's judge
+them asked again for self-consistency. Output tokens are counted at `judge.max_tokens` (plus
+`judge.thinking_tokens` for a model that always thinks); input at ~3.5 characters a token, a heuristic, so the
+USD figure is an estimate, not a bound (the judge stage scales it by the API's own count_tokens). In batch
+mode it also shows how many Message Batches each job takes (100,000 requests or 256 MB each, or
+`judge.batch_max_requests`). With `rounds` > 1 (iterative DPO) each round's judge
 stage is a row of its own (its samples once sampled, else its prompts at worst-case length), and eval grows by
 a model and two pairs a round; the cache keeps a re-run from paying twice for what it already asked.
 """
@@ -75,7 +77,7 @@ def main(params: Params) -> None:
         again = repeat_sample(list(range(len(prompts))), cfg.reliability_repeats, params.seed)
         rows["eval (judge reliability, asked again)"] = judge.estimate(
             "pairwise", [(prompts[i], worst_eval, worst_eval + "a") for i in again], repeat=1)
-    title = f"{cfg.model}, {cfg.mode} mode (upper bound)" if judge.remote else "offline: nothing is sent or paid"
+    title = f"{cfg.model}, {cfg.mode} mode (input at ~3.5 characters a token: a heuristic)" if judge.remote else "offline: nothing is sent or paid"
     table = Table(title=f"Judge cost estimate: {judge.name} judge, {title}")
     batched = judge.remote and cfg.mode == "batch"  # how many Message Batches each job takes
     for col in ("stage", "calls", "unique", "cached", "to send", "input tokens", "output tokens (max)", "USD",
