@@ -89,11 +89,6 @@ def tagged(tag: str, text: str) -> str:
     return f"<{tag}>\n{html.escape(text, quote=False)}\n</{tag}>"
 
 
-def sendable(body: dict) -> dict:
-    """The SDK's keyword arguments for a request body."""
-    return dict(body)
-
-
 class BudgetExceeded(ServiceError):
     pass
 
@@ -324,7 +319,7 @@ class AnthropicJudge(Judge):
                 return  # another request failed while this one waited its turn
             start = time.monotonic()
             try:
-                message = await client.messages.create(**sendable(body))
+                message = await client.messages.create(**body)
             except APIError as e:
                 self.cache.log_call(key, body["model"], "online", False, 0, 0, 0.0, time.monotonic() - start,
                                     error=type(e).__name__)
