@@ -13,6 +13,7 @@
 #              `real-smollm2` (dvc exp show lists it beside the defaults); REAL_TASK=number_summary for the
 #              second task (experiment real-smollm2-number_summary); REAL_ROUNDS=2 for two rounds of
 #              iterative DPO (experiment real-smollm2-rounds2)
+# What each target's results mean: README.md, and docs/ (one page per topic; times in docs/benchmarks.md).
 VENV   ?= .venv
 PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)

@@ -35,6 +35,7 @@ class Paths(Section):
     """Where stages read and write. dvc.yaml uses the same values through ${paths.*}."""
 
     data: str  # the task's files are in <data>/<task.name>/ (see TaskFiles)
+    sft_data: str    # the task's SFT pairs as stage sft_data found them (none when the task has no sft.jsonl)
     base_model: str
     sft_model: str
     dpo_model: str
@@ -46,6 +47,7 @@ class Paths(Section):
     train_metrics: str
     eval_metrics: str
     eval_ci: str
+    headline: str    # the numbers `dvc exp show` opens with (stage report)
     train_live: str
     reports: str  # a folder: report.md, training_curves.png, eval_bars.png
     seeds: str    # python -m tools.seeds: DPO's gain across training seeds (git-tracked; the report reads it)

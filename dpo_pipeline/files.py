@@ -17,9 +17,10 @@ from dpo_pipeline.errors import UserError
 TEXT = ("id", "prompt", "response")
 
 
-def read_jsonl(path: str | Path, required: tuple[str, ...] = (), strings: tuple[str, ...] = TEXT) -> list[dict]:
+def read_jsonl(path: str | Path, required: tuple[str, ...] = (), strings: tuple[str, ...] = TEXT,
+               empty: bool = False) -> list[dict]:
     """Rows of a JSONL file; every `required` field present, those also in `strings` non-empty strings, and
-    `id`s unique when `id` is required."""
+    `id`s unique when `id` is required. No rows is an error unless `empty`."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: not found")
@@ -51,7 +52,7 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = (), strings: tuple[
                     raise UserError(f"{path}:{lineno}: duplicate id {row['id']!r} (first on line {ids[row['id']]})")
                 ids[row["id"]] = lineno
             rows.append(row)
-    if not rows:
+    if not rows and not empty:
         raise UserError(f"{path}: no rows")
     return rows
 
@@ -97,3 +98,12 @@ def write_json(path: str | Path, obj: dict) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def sft_pairs(params, why: str) -> list[dict]:
+    """The task's SFT pairs as stage sft_data copied them; none is an error naming the task's file and `why`
+    this run needs them."""
+    rows = read_jsonl(params.paths.sft_data, required=TEXT, empty=True)
+    if not rows:
+        raise UserError(f"{params.task_files.sft_data}: no SFT pairs (not found or empty), and {why}")
+    return rows

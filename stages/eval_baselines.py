@@ -27,7 +27,7 @@ from dpo_pipeline.files import read_jsonl, write_jsonl
 def main(params: Params) -> None:
     cfg, files = params.eval, params.task_files
     rows = read_jsonl(files.eval_prompts, required=("id", "prompt"))[:cfg.max_prompts]
-    refuse_overlap(files, rows)
+    refuse_overlap(params, rows)
 
     from dpo_pipeline.models import parallel
     from dpo_pipeline.models.generation import fitting

@@ -73,8 +73,8 @@ def main(params: Params, round_num: int = 1) -> None:
         "usage": judge.usage.as_metrics(),
         "label_noise": {"rate": params.judge.label_noise, "flipped": flipped},
     }
-    if judge.remote:
-        _, reference, _ = build_pairs(samples, reference_judge(task))
+    if judge.remote and (rubric := reference_judge(task)) is not None:
+        _, reference, _ = build_pairs(samples, rubric)
         metrics["agreement_with_rubric"] = agreement(judged, reference)
     write_jsonl(paths.preferences, pairs)
     write_json(paths.judge_metrics, metrics)

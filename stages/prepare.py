@@ -21,8 +21,8 @@ from rich import print
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
-from dpo_pipeline.files import atomic_path, read_jsonl
-from dpo_pipeline.tasks import get_task
+from dpo_pipeline.files import atomic_path, sft_pairs
+from dpo_pipeline.tasks import get_task, need
 
 
 def main(params: Params) -> None:
@@ -31,9 +31,9 @@ def main(params: Params) -> None:
     if cfg.base == "builtin:tiny":
         from dpo_pipeline.models.tiny import train_tiny_base
 
-        task = get_task(params.task)
-        rows = read_jsonl(params.task_files.sft_data, required=("prompt", "response"))
-        texts = [task.pretrain_text(r["prompt"], r["response"]) for r in rows]
+        pretrain_text = need(get_task(params.task), "pretrain_text")
+        rows = sft_pairs(params, "model.base builtin:tiny is pre-trained on them")
+        texts = [pretrain_text(r["prompt"], r["response"]) for r in rows]
         print(f"[bold]prepare[/]: training {cfg.base} from scratch on {len(texts)} documents ...")
         with atomic_path(paths.base_model) as out:
             info = train_tiny_base(texts, cfg, params.seed, out)

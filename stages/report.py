@@ -1,4 +1,5 @@
-"""Write the report (`paths.reports`/report.md, with its pictures) and print the 3-way comparison.
+"""Write the report (`paths.reports`/report.md, with its pictures) and `paths.headline` (the numbers `dvc exp show`
+opens with), and print the 3-way comparison.
 
     python -m stages.report         (run by `dvc repro` as stage `report`)
     python -m stages.report --show  (print the table of the current metrics; `make run` ends with it)
@@ -14,9 +15,9 @@ from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.evaluation.schema import PAIRWISE, model_metrics, models
 from dpo_pipeline.evaluation.seeds import fingerprint, verdict_line
-from dpo_pipeline.files import read_jsonl, write_text
+from dpo_pipeline.files import read_jsonl, write_json, write_text
 from dpo_pipeline.reporting.iterative import section
-from dpo_pipeline.reporting.tables import markdown, print_table
+from dpo_pipeline.reporting.tables import headline_metrics, markdown, print_table
 from dpo_pipeline.rounds import check_declared, round_paths
 from dpo_pipeline.tasks import get_task
 
@@ -51,6 +52,7 @@ def main(params: Params, show: bool = False) -> None:
                                               params.preferences.generated,
                                               verdict_line(seeds, fingerprint(params.model_dump())), names,
                                               section(ev, cis, metrics, rounds, params.report) if rounds else []))
+    write_json(paths.headline, headline_metrics(ev, metrics, params.train))
     print(f"report: {folder / 'report.md'} (the table: python -m stages.report --show)")
 
 

@@ -21,7 +21,7 @@ from dpo_pipeline import cli
 from dpo_pipeline.chat import assistant, user
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
-from dpo_pipeline.files import atomic_path, read_jsonl
+from dpo_pipeline.files import atomic_path, sft_pairs
 
 
 def use_existing(params: Params) -> dict:
@@ -59,7 +59,8 @@ def main(params: Params) -> None:
         print(f"[bold]sft[/]: using the {info['kind']} SFT model {params.model.sft} -> {paths.sft_model}")
         return
 
-    rows = read_jsonl(params.task_files.sft_data, required=("prompt", "response"))[:cfg.max_rows]
+    rows = sft_pairs(params, "the sft stage trains the SFT adapter on them (or set model.sft to your SFT model)")
+    rows = rows[:cfg.max_rows]
 
     from datasets import Dataset
     from transformers import PrinterCallback, set_seed

@@ -107,7 +107,8 @@ def test_an_unknown_task_names_the_param(root, tmp_path):
         get_task(TaskParams(name="broken", module=str(broken)))
     empty = tmp_path / "empty.py"
     empty.write_text("NAME = 'empty'\n")
-    with pytest.raises(UserError, match=r"^task.module: .*empty.py lacks METRICS, generate"):
+    with pytest.raises(UserError, match=r"^task.module: .*empty.py lacks METRICS, response_metrics "
+                                        r"\(see examples/task_template.py\)$"):
         get_task(TaskParams(name="empty", module=str(empty)))
 
 
@@ -154,7 +155,7 @@ BROKEN = ROW % "a" + ROW % "b" + '{"id": "c", "prompt": \n'
 
 
 @pytest.mark.parametrize("stage, path_key", [
-    ("prepare", "sft_data"), ("sft", "sft_data"), ("sample", "prompts"), ("judge", "samples"),
+    ("sft_data", "sft_data"), ("sample", "prompts"), ("judge", "samples"),
     ("train", "preferences"), ("eval_baselines", "eval_prompts"), ("eval", "eval_prompts"), ("eval", "eval_baselines"),
 ])
 def test_a_malformed_jsonl_line_names_file_and_line(workdir, stage, path_key):
@@ -222,6 +223,7 @@ def test_eval_prompts_that_are_training_prompts_are_refused(workdir):
     task = workdir / "data" / "incident_triage"
     sampled = (task / "prompts.jsonl").read_text().splitlines()[5]
     (task / "eval.jsonl").write_text('{"id": "e1", "prompt": "new"}\n' + sampled.replace('"prompts-', '"e-') + "\n")
+    assert run_stage("sft_data", workdir).returncode == 0
     proc = run_stage("eval_baselines", workdir)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("error: data/incident_triage/eval.jsonl: id 'e-00005' has the prompt of "

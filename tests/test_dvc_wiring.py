@@ -22,7 +22,7 @@ from tools.rounds import render
 # only a docstring (tests/test_layout.py checks), so importing a room's module costs no dependency on them.
 PLUMBING = {"dpo_pipeline", "dpo_pipeline.cli", "dpo_pipeline.config", "dpo_pipeline.errors", "dpo_pipeline.files",
             "dpo_pipeline.models", "dpo_pipeline.judging", "dpo_pipeline.evaluation", "dpo_pipeline.reporting"}
-STAGES = ["prepare", "sft", "sample", "judge", "train", "eval_baselines", "eval", "report"]
+STAGES = ["sft_data", "prepare", "sft", "sample", "judge", "train", "eval_baselines", "eval", "report"]
 TASK_MODULE = "${task.module}"
 # The sections with run-time keys (config.RUNTIME): a stage lists their other keys one by one, not the section.
 SECTIONS = {"judge": JudgeParams, "sample": SampleParams, "eval": EvalParams}
@@ -155,6 +155,14 @@ def test_sampling_and_judging_do_not_depend_on_training_params(dvc_yaml):
     for name in ("prepare", "sft", "sample", "judge"):
         params = dvc_yaml["stages"][name].get("params", [])
         assert not [p for p in params if p.split(".")[0] in ("train", "eval")], name
+
+
+def test_the_headline_is_the_first_metrics_file_dvc_shows(dvc_yaml):
+    """DVC lists a stage's own `metrics:` before the top-level ones, so every metrics file is declared at the
+    top level, the headline first: `dvc exp show` opens with it."""
+    assert not [name for name, stage in dvc_yaml["stages"].items() if "metrics" in stage]
+    assert dvc_yaml["metrics"][0] == "${paths.headline}"
+    assert {"${paths.eval_metrics}", "${paths.train_metrics}", "${paths.judge_metrics}"} <= set(dvc_yaml["metrics"])
 
 
 def test_dvc_resolves_the_pipeline(root):

@@ -135,6 +135,18 @@ def test_dvc_reads_the_committed_results(repo, reproduced):
     assert len(points) > 2 and all("margins" in p and "step" in p for p in points)
 
 
+def test_dvc_exp_show_opens_with_the_headline(repo, reproduced):
+    """What a user compares runs by comes first in `dvc exp show` (in a terminal: the first screen of its pager),
+    and the details are still there."""
+    columns = sh(repo, "dvc", "exp", "show", "--csv").splitlines()[0].split(",")
+    first = columns[columns.index("parent") + 1:][:12]
+    assert first == ["dpo_vs_sft.win_rate", "dpo_vs_sft.ci_low", "dpo_vs_sft.ci_high", "format_conformance.SFT",
+                     "format_conformance.SFT+DPO", "severity_match.SFT", "severity_match.SFT+DPO",
+                     "faithfulness.SFT", "faithfulness.SFT+DPO", "kl", "beta", "lr"]
+    assert "pairwise_dpo_vs_sft.lc_win_rate" in columns and "train.beta" in columns
+    assert "pairwise_dpo_vs_sft.ci_low" in sh(repo, "dvc", "metrics", "show", "metrics/eval.json")
+
+
 def test_a_fresh_clone_pulls_from_a_remote_and_reruns_nothing(repo, reproduced, tmp_path):
     """Artefacts travel through a DVC remote (a local folder here; S3, GCS, SSH... the same way)."""
     store = tmp_path / "store"
@@ -375,6 +387,64 @@ def test_my_gpt2_model_my_sft_adapter_and_an_ultrafeedback_parquet(repo, reprodu
     assert set(ev["faithfulness"]) == {"base", "sft", "dpo"}
     report = (repo / "reports/report.md").read_text()
     assert "| Metric | Base | SFT | SFT+DPO | Δ DPO over SFT |" in report and "30 pairs from" in report
+
+
+def template_answer(body: dict) -> dict:
+    """A judge of the template task on the local Messages API server: a finished sentence first, then length."""
+    from tests.helpers import section
+
+    text = body["messages"][0]["content"]
+    rank = lambda r: (r.strip().endswith((".", "!", "?")), len(r.split()))  # noqa: E731
+    if body["tools"][0]["name"] == "record_score":
+        finished, words = rank(section(text, "response"))
+        return {"score": 1 + 2 * finished + min(2, words // 10), "reason": "a finished sentence, and length"}
+    a, b = rank(section(text, "response_a")), rank(section(text, "response_b"))
+    return {"winner": "tie" if a == b else "A" if a > b else "B", "reason": "a finished sentence, then length"}
+
+
+def test_a_task_from_the_template_my_sft_adapter_and_claude(repo, reproduced, tmp_path):
+    """The lightest task of one's own: the template copied as it stands, its data without sft.jsonl, a
+    Qwen2-architecture base with a LoRA SFT adapter, and Claude Opus 5.5 judging (the local Messages API
+    server): every stage runs; no rubric, pre-training text or SFT data is needed."""
+    import uuid
+
+    from tests.helpers import FakeAnthropic, save_adapter_for, save_tiny
+
+    base = save_tiny("qwen2", tmp_path / "qwen2")
+    adapter = save_adapter_for(base, tmp_path / "qwen2-sft")
+    shutil.copy(repo / "examples" / "task_template.py", repo / "my_task.py")
+    data = repo / "data" / "my_task"
+    data.mkdir()
+    (data / "policy.md").write_text("Answer in one finished sentence of at most 60 words.\n")
+    for split, n in (("prompts", 24), ("eval", 12)):
+        (data / f"{split}.jsonl").write_text("".join(
+            json.dumps({"id": f"{split}-{i}", "prompt": f"Describe incident {split} {i} in one sentence."}) + "\n"
+            for i in range(n)))
+    baseline_params(repo)
+    key = f"sk-ant-e2e-{uuid.uuid4().hex}"
+    try:
+        with FakeAnthropic(template_answer) as fake:
+            out = sh(repo, "dvc", "exp", "run", "-S", "task.name=my_task", "-S", "task.module=my_task.py",
+                     "-S", f"model.base={base}", "-S", f"model.sft={adapter}", "-S", "judge.backend=anthropic",
+                     "-S", "judge.model=claude-opus-5-5", "-S", f"judge.base_url={fake.base_url}",
+                     "-S", f"judge.cache_dir={tmp_path / 'cache'}", env={"ANTHROPIC_API_KEY": key})
+            assert fake.message_count > 0
+        for stage in ("sft_data", "prepare", "sft", "sample", "judge", "train", "eval_baselines", "eval", "report"):
+            assert f"Running stage '{stage}'" in out, stage
+        assert "0 SFT pairs from data/my_task/sft.jsonl (none: no such file)" in " ".join(out.split())
+        judge = json.loads((repo / "metrics/judge.json").read_text())
+        assert judge["backend"] == "anthropic" and judge["pairs"] > 0 and "agreement_with_rubric" not in judge
+        ev = json.loads((repo / "metrics/eval.json").read_text())
+        assert set(ev["brief"]) == set(ev["format_conformance"]) == {"base", "sft", "dpo"}
+        assert ev["judge_reliability"]["reference_agreement"] is None and ev["n_prompts"] == 12
+        headline = json.loads((repo / "metrics/headline.json").read_text())
+        assert list(headline) == ["dpo_vs_sft", "format_conformance", "brief", "faithfulness", "kl", "beta", "lr"]
+        assert "| At most 60 words |" in (repo / "reports/report.md").read_text()
+        assert key not in out
+    finally:
+        (repo / "my_task.py").unlink()
+        shutil.rmtree(data)
+        baseline_params(repo)
 
 
 def test_two_rounds_of_iterative_dpo(repo, reproduced):

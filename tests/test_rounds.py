@@ -21,7 +21,8 @@ from tools.rounds import render
 ROOT = Path(__file__).resolve().parents[1]
 DVC_YAML = (ROOT / "dvc.yaml").read_text()
 PARAMS = load_params(ROOT / "params.yaml")
-ONE_ROUND = {("prepare", "sft"), ("prepare", "sample"), ("sft", "sample"), ("sample", "judge"), ("prepare", "train"),
+ONE_ROUND = {("sft_data", "prepare"), ("sft_data", "sft"), ("sft_data", "eval_baselines"),
+             ("prepare", "sft"), ("prepare", "sample"), ("sft", "sample"), ("sample", "judge"), ("prepare", "train"),
              ("sft", "train"), ("judge", "train"), ("prepare", "eval_baselines"), ("sft", "eval_baselines"),
              ("prepare", "eval"), ("sft", "eval"), ("train", "eval"), ("eval_baselines", "eval"),
              ("judge", "report"), ("train", "report"), ("eval", "report")}
@@ -45,8 +46,8 @@ def test_the_committed_dvc_yaml_matches_params_rounds():
 
 def test_one_round_is_the_plain_pipeline():
     assert edges(render(DVC_YAML, 1)) == ONE_ROUND
-    assert set(yaml.safe_load(render(DVC_YAML, 1))["stages"]) == {"prepare", "sft", "sample", "judge", "train",
-                                                                  "eval_baselines", "eval", "report"}
+    assert set(yaml.safe_load(render(DVC_YAML, 1))["stages"]) == {"sft_data", "prepare", "sft", "sample", "judge",
+                                                                  "train", "eval_baselines", "eval", "report"}
 
 
 def test_round_k_depends_on_the_rounds_before_it_only():
@@ -60,7 +61,7 @@ def test_round_k_depends_on_the_rounds_before_it_only():
     assert not {(a, b) for a, b in graph if a.endswith("_r2") and b in ("prepare", "sft", "sample", "judge", "train")}
     assert not {(a, b) for a, b in graph if a.endswith("_r3") and b.endswith("_r2")}
     assert {a for a, b in graph if b == "eval"} == {"prepare", "sft", "eval_baselines", "train", "train_r2", "train_r3"}
-    assert {a for a, b in graph if b == "eval_baselines"} == {"prepare", "sft"}  # no round re-runs the baselines
+    assert {a for a, b in graph if b == "eval_baselines"} == {"sft_data", "prepare", "sft"}  # no round re-runs them
     # round 1's stages are written exactly as with one round; later rounds read `iterate`, round 1 never does
     one = yaml.safe_load(render(DVC_YAML, 1))["stages"]
     assert all(stages[s] == one[s] for s in ("prepare", "sft", "sample", "judge", "train", "eval_baselines"))

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.files import write_jsonl
-from dpo_pipeline.tasks import get_task
+from dpo_pipeline.tasks import get_task, need
 
 
 def main(params: Params) -> None:
     d = params.data
-    splits = get_task(params.task).generate(d.seed, d.n_sft, d.n_prompts, d.n_eval)
+    splits = need(get_task(params.task), "generate")(d.seed, d.n_sft, d.n_prompts, d.n_eval)
     files = params.task_files
     for split, path in (("sft", files.sft_data), ("prompts", files.prompts), ("eval", files.eval_prompts)):
         write_jsonl(path, splits[split])

@@ -3,18 +3,20 @@
 
 from __future__ import annotations
 
-from dpo_pipeline.config import Params, TaskFiles
+from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
 from dpo_pipeline.files import read_jsonl
 
 
-def refuse_overlap(files: TaskFiles, rows: list[dict]) -> None:
+def refuse_overlap(params: Params, rows: list[dict]) -> None:
     """Held-out means held out: an eval prompt that is also an SFT or sampling prompt is refused."""
-    for path in (files.sft_data, files.prompts):
-        seen = {r["prompt"]: r["id"] for r in read_jsonl(path, required=("id", "prompt"))}
+    files = params.task_files
+    # The SFT pairs as stage sft_data copied them (none when the task has no sft.jsonl).
+    for path, name in ((params.paths.sft_data, files.sft_data), (files.prompts, files.prompts)):
+        seen = {r["prompt"]: r["id"] for r in read_jsonl(path, required=("id", "prompt"), empty=True)}
         for r in rows:
             if r["prompt"] in seen:
-                raise UserError(f"{files.eval_prompts}: id {r['id']!r} has the prompt of {path} id "
+                raise UserError(f"{files.eval_prompts}: id {r['id']!r} has the prompt of {name} id "
                                 f"{seen[r['prompt']]!r}; held-out prompts must be in no other split")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dpo_pipeline.config import JudgeParams
 from dpo_pipeline.judging.base import Judge
-from dpo_pipeline.tasks import Task
+from dpo_pipeline.tasks import Task, need
 
 
 
@@ -13,6 +13,7 @@ def make_judge(cfg: JudgeParams, task: Task, policy: str, *, send: bool = True) 
     """The configured judge. `send=False` builds one that estimates costs but can send nothing, so it needs
     no API key (tools.estimate)."""
     if cfg.backend == "rubric":
+        need(task, "rubric_score")
         return reference_judge(task)
     # Imported here: the SDK is only needed when Claude judges.
     from dpo_pipeline.judging.claude import AnthropicJudge, api_key_from_env
@@ -20,8 +21,11 @@ def make_judge(cfg: JudgeParams, task: Task, policy: str, *, send: bool = True) 
     return AnthropicJudge(cfg, policy, api_key_from_env() if send else None)
 
 
-def reference_judge(task: Task) -> Judge:
-    """The offline, deterministic judge every other backend's agreement is measured against."""
+def reference_judge(task: Task) -> Judge | None:
+    """The offline, deterministic judge every other backend's agreement is measured against; None for a task
+    without `rubric_score` (agreement with it is then reported as None)."""
     from dpo_pipeline.judging.rubric import RubricJudge
 
+    if getattr(task, "rubric_score", None) is None:
+        return None
     return RubricJudge(task)

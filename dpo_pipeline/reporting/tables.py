@@ -6,9 +6,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from dpo_pipeline.config import ReportParams
-from dpo_pipeline.evaluation.schema import (FAITHFULNESS, MODELS, PAIRS, RELIABILITY, Metric, model_label, pair_label,
-                                            vs_sft_key)
+from dpo_pipeline.config import ReportParams, TrainParams
+from dpo_pipeline.evaluation.schema import (FAITHFULNESS, MODELS, PAIRS, PAIRWISE, RELIABILITY, Metric, headline,
+                                            model_label, pair_label, vs_sft_key)
 from dpo_pipeline.reporting.diagnostics import diagnose, healthy_evidence, reflection
 from dpo_pipeline.rounds import round_of
 
@@ -158,3 +158,17 @@ def print_table(ev: dict, cis: dict, metrics: list[Metric], names: tuple[str, ..
     for row in table_rows(ev, cis, metrics, names):
         table.add_row(*row)
     Console(width=max(Console().width, 120)).print(table)
+
+
+def headline_metrics(ev: dict, metrics: list[Metric], train: TrainParams) -> dict:
+    """metrics/headline.json, the first metrics file dvc.yaml declares, so `dvc exp show` opens with it: DPO's
+    win rate over SFT with its 95% CI, each metric with a direction for SFT and SFT+DPO, DPO's KL from SFT,
+    and the two settings a sweep varies most (their params columns are far to the right)."""
+    pw = ev[PAIRWISE]
+    out: dict = {"dpo_vs_sft": {k: pw[k] for k in ("win_rate", "ci_low", "ci_high")}}
+    # Labelled as the report labels them ("SFT+DPO"): eval.json's "sft"/"dpo" keys would make DVC prefix
+    # every such column with its file name, the same path being in two files.
+    out |= {m.key: {model_label(name): ev[m.key][name] for name in ("sft", "dpo")} for m in headline(metrics)}
+    if "kl_dpo_vs_sft" in ev:
+        out["kl"] = ev["kl_dpo_vs_sft"]["kl"]
+    return out | {"beta": train.beta, "lr": train.learning_rate}

@@ -5,7 +5,8 @@
 dpo_pipeline/tasks/number_summary.py) or your own, anywhere, e.g.
     task: {name: support_replies, module: ../my_tasks/support_replies.py}
 with its files in data/support_replies/. dvc.yaml depends on exactly that file, so editing it re-runs the
-stages that use the task and editing another task re-runs nothing. Copy number_summary.py to start one.
+stages that use the task and editing another task re-runs nothing. Copy examples/task_template.py to
+start one.
 """
 
 from __future__ import annotations
@@ -22,29 +23,38 @@ from dpo_pipeline.errors import UserError
 
 
 class Task(Protocol):
-    NAME: str
-    # response_metrics' keys -> labels for tables and charts, in display order. Every task has
-    # "format_conformance" (the response is in the required form) and at least one task-specific match.
+    """What every task defines. The rest are hooks a run needs only in some settings (HOOKS)."""
+
+    # response_metrics' keys -> labels for tables and charts, in display order.
     METRICS: dict[str, str]
-
-    def generate(self, seed: int, n_sft: int, n_prompts: int, n_eval: int) -> dict[str, list[dict]]:
-        """The shipped splits {"sft": [{id, prompt, response}], "prompts": [{id, prompt}], "eval": [...]}."""
-
-    def rubric_score(self, prompt: str, response: str) -> tuple[int, str]:
-        """Deterministic 1-5 score and reason by the task's written policy (the offline `rubric` judge)."""
 
     def response_metrics(self, prompt: str, response: str) -> dict[str, float]:
         """Per-response heuristic metrics in [0, 1] (the keys of METRICS), averaged by the eval stage."""
 
-    def pretrain_text(self, prompt: str, response: str) -> str:
-        """How one SFT example reads as raw text, for training the builtin base model from scratch."""
-
-    # Optional: `correct(prompt, response) -> bool | None`, whether the response is right by the ground truth
-    # the data was generated from (never shown to a judge); None: not decidable for this response. A task
-    # without it has no ground truth, and the judge's agreement with one is reported as None (ground_truth).
+    # Optional: NAME (default: task.name), the hooks in HOOKS, and `correct(prompt, response) -> bool | None`,
+    # whether the response is right by the ground truth the data was generated from (never shown to a judge;
+    # None: not decidable). Without `correct` the judge's agreement with ground truth is reported as None.
 
 
-REQUIRED = ("NAME", "METRICS", "generate", "rubric_score", "response_metrics", "pretrain_text")
+REQUIRED = ("METRICS", "response_metrics")
+# Hooks only some runs call, and why: a run that needs a missing one stops with this reason (`need`).
+HOOKS = {
+    # rubric_score(prompt, response) -> (1-5, reason): the offline judge's score by the written policy
+    "rubric_score": "judge.backend rubric scores responses with it",
+    # pretrain_text(prompt, response) -> str: how an SFT pair reads as raw text
+    "pretrain_text": "model.base builtin:tiny is pre-trained on the SFT pairs as text through it",
+    # generate(seed, n_sft, n_prompts, n_eval) -> {"sft": [...], "prompts": [...], "eval": [...]}
+    "generate": "python -m tools.make_data writes the task's data files with it",
+}
+
+
+def need(task: Task, hook: str) -> Callable:
+    """The task's `hook`, or a one-line error naming it and what needs it."""
+    fn = getattr(task, hook, None)
+    if fn is None:
+        raise UserError(f"task {task.NAME}: its module defines no {hook}(), and {HOOKS[hook]} "
+                        "(see examples/task_template.py)")
+    return fn
 
 
 def ground_truth(task: Task) -> Callable[[str, str], bool | None] | None:
@@ -75,7 +85,11 @@ def get_task(cfg: TaskParams) -> Task:
             raise UserError(f"task.module: {cfg.module}: cannot import it ({type(e).__name__}: {e})") from None
     missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
     if missing:
-        raise UserError(f"task.module: {cfg.module} lacks {', '.join(missing)} (see dpo_pipeline/tasks/__init__.py)")
+        raise UserError(f"task.module: {cfg.module} lacks {', '.join(missing)} (see examples/task_template.py)")
+    if not isinstance(module.METRICS, dict) or not module.METRICS:
+        raise UserError(f"task.module: {cfg.module}: METRICS must be a non-empty dict of metric key -> label")
+    if not hasattr(module, "NAME"):
+        module.NAME = cfg.name
     return module  # type: ignore[return-value]
 
 
