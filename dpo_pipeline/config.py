@@ -24,6 +24,7 @@ RUNTIME = {
                         "resubmit_lost_batches"}),
     "sample": frozenset({"batch_size", "num_processes"}),
     "eval": frozenset({"batch_size", "num_processes"}),
+    "generation": frozenset({"vllm_python", "vllm_kv_cache_gib", "vllm_gpu_memory_utilization"}),
 }
 
 
@@ -41,6 +42,7 @@ class Paths(Section):
     dpo_model: str
     samples: str
     preferences: str
+    judgments: str   # one row a judged prompt: the judge's answers, kept or why dropped (the report's page)
     eval_baselines: str  # the base's and SFT's eval outputs (stage eval_baselines)
     eval_outputs: str
     judge_metrics: str
@@ -156,6 +158,15 @@ class SampleParams(Section):
             raise ValueError(f"give one temperature per candidate: {len(self.temperatures)} temperatures for "
                              f"num_candidates {self.num_candidates}")
         return self
+
+
+class GenerationParams(Section):
+    """Which engine samples and evaluates (sample, eval_baselines, eval); KL and training stay in transformers."""
+
+    engine: Literal["transformers", "vllm"]
+    vllm_python: str = Field(min_length=1)   # the vLLM environment's interpreter (make vllm)
+    vllm_kv_cache_gib: float = Field(gt=0)  # CPU: the KV cache vLLM reserves (VLLM_CPU_KVCACHE_SPACE)
+    vllm_gpu_memory_utilization: float = Field(gt=0, le=1)  # GPU: the share of its memory vLLM may take
 
 
 class PreferenceParams(Section):
@@ -292,6 +303,7 @@ class ReportParams(Section):
     kl_drift: float = Field(gt=0)           # nats per sequence
     kl_spike: float = Field(gt=1)           # max KL over final KL
     length_ratio: float = Field(gt=1)       # DPO length over SFT length
+    page_max_mb: float = Field(gt=0)        # reports/report.html's size budget: pairs past it are left out
 
 
 class GateParams(Section):
@@ -336,6 +348,7 @@ class Params(Section):
     model: ModelParams
     sft: SftParams
     sample: SampleParams
+    generation: GenerationParams
     preferences: PreferenceParams
     judge: JudgeParams
     train: TrainParams
@@ -344,6 +357,13 @@ class Params(Section):
     eval: EvalParams
     report: ReportParams
     gate: GateParams
+
+    @model_validator(mode="after")
+    def one_engine_process(self) -> "Params":
+        if self.generation.engine == "vllm" and max(self.sample.num_processes, self.eval.num_processes) > 1:
+            raise ValueError("generation.engine vllm runs one engine per stage: set sample.num_processes and "
+                             "eval.num_processes to 1 (vLLM batches the whole stage itself)")
+        return self
 
     @model_validator(mode="after")
     def rounds_sample(self) -> "Params":

@@ -18,7 +18,8 @@ from dpo_pipeline.errors import UserError
 
 STAGES = ("sample", "judge", "train")  # the stages every round has
 # What a round writes, by the `paths` key round 1 writes it under: round k's are <paths.rounds>/<k>/<file>.
-FILES = {"samples": "samples.jsonl", "preferences": "preferences.jsonl", "judge_metrics": "judge.json",
+FILES = {"samples": "samples.jsonl", "preferences": "preferences.jsonl", "judgments": "judgments.jsonl",
+         "judge_metrics": "judge.json",
          "train_metrics": "train.json", "dpo_model": "dpo", "train_live": "train_live"}
 
 

@@ -23,14 +23,14 @@ from rich import print
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
-from dpo_pipeline.evaluation.held_out import decode
+from dpo_pipeline.evaluation.held_out import decode, requests
 from dpo_pipeline.evaluation.schema import PAIRWISE, model_metrics, models, pairs
 from dpo_pipeline.evaluation.scoring import aggregate, pair_items, records
 from dpo_pipeline.files import read_jsonl, read_text, write_json, write_jsonl
 from dpo_pipeline.judging.base import pairwise_both_orders
 from dpo_pipeline.judging.registry import make_judge, reference_judge
 from dpo_pipeline.judging.reliability import reliability
-from dpo_pipeline.rounds import check_declared
+from dpo_pipeline.rounds import check_declared, model_key
 from dpo_pipeline.tasks import get_task
 
 
@@ -48,7 +48,8 @@ def generate_policies(params: Params, rows: list[dict]) -> tuple[dict, dict]:
             sft = model
         if name in ("base", "sft"):  # their outputs are the baselines'
             continue
-        outputs[name] = decode(model, tokenizer, prompts, params, name)
+        if params.generation.engine == "transformers":
+            outputs[name] = decode(model, tokenizer, prompts, params, name)
         # KL(policy || SFT), a share of the batches each: for round 1 the adapter disabled is the SFT model;
         # a later round's disabled adapter is the round before, so the SFT model is the reference
         ratios = parallel.map_batches(partial(log_ratios, model, tokenizer, max_new_tokens=cfg.max_new_tokens,
@@ -56,6 +57,13 @@ def generate_policies(params: Params, rows: list[dict]) -> tuple[dict, dict]:
                                               reference=None if name == "dpo" else sft), prompts, cfg.batch_size)
         kls[name] = kl_summary(ratios, cfg.bootstrap_samples, params.seed)
         del model
+    if params.generation.engine == "vllm":  # KL above stays in transformers; vLLM generates
+        from dpo_pipeline.models import engines
+
+        for k in range(1, params.rounds + 1):
+            with engines.served_policy(params.paths, k) as served:
+                outputs[model_key(k)] = engines.generate(params, served, [requests(prompts, params)],
+                                                         f"eval {model_key(k)}")[0]
     return outputs, kls
 
 

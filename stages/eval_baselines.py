@@ -20,8 +20,23 @@ from rich import print
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
-from dpo_pipeline.evaluation.held_out import decode, refuse_overlap
+from dpo_pipeline.evaluation.held_out import decode, refuse_overlap, requests
 from dpo_pipeline.files import read_jsonl, write_jsonl
+
+
+def with_vllm(params: Params, prompts: list[str]) -> dict[str, list[dict]]:
+    """Base and SFT on vLLM: one engine for both when SFT is an adapter on the base (served as a LoRA)."""
+    from dpo_pipeline.models import engines
+    from dpo_pipeline.models.loading import model_folder
+
+    base = {"model": model_folder(params.paths.base_model)["path"]}
+    sft = engines.served_sft(params.paths)
+    if sft["model"] == base["model"]:
+        out = engines.generate(params, sft, [requests(prompts, params), requests(prompts, params, lora=True)],
+                               "eval base and sft")
+        return {"base": out[0], "sft": out[1]}
+    return {name: engines.generate(params, served, [requests(prompts, params)], f"eval {name}")[0]
+            for name, served in (("base", base), ("sft", sft))}
 
 
 def main(params: Params) -> None:
@@ -29,25 +44,32 @@ def main(params: Params) -> None:
     rows = read_jsonl(files.eval_prompts, required=("id", "prompt"))[:cfg.max_prompts]
     refuse_overlap(params, rows)
 
-    from dpo_pipeline.models import parallel
     from dpo_pipeline.models.generation import fitting
-    from dpo_pipeline.models.loading import load_tokenizer, policies
+    from dpo_pipeline.models.loading import base_config, load_tokenizer
 
-    parallel.relaunch_if_needed("stages.eval_baselines", cfg.num_processes)  # inputs checked once
-    parallel.init()
     tokenizer = load_tokenizer(params.paths)
-    outputs = {}
-    for name, model in islice(policies(params.paths, 1), 2):  # base, then SFT; no DPO adapter is read
-        if name == "base":  # one architecture, one context: the base decides what fits, for every model
-            rows = [rows[i] for i in fitting(model, tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens)]
-            if not rows:
-                raise UserError(f"{files.eval_prompts}: every prompt is too long for the model's context with "
-                                f"eval.max_new_tokens {cfg.max_new_tokens}")
-        outputs[name] = decode(model, tokenizer, [r["prompt"] for r in rows], params, name)
-        del model
-    parallel.finish()
-    if not parallel.is_main():
-        return
+    # One architecture, one context: the base decides what fits, for every model
+    rows = [rows[i] for i in fitting(base_config(params.paths), tokenizer, [r["prompt"] for r in rows],
+                                     cfg.max_new_tokens)]
+    if not rows:
+        raise UserError(f"{files.eval_prompts}: every prompt is too long for the model's context with "
+                        f"eval.max_new_tokens {cfg.max_new_tokens}")
+    prompts = [r["prompt"] for r in rows]
+    if params.generation.engine == "vllm":
+        outputs = with_vllm(params, prompts)
+    else:
+        from dpo_pipeline.models import parallel
+        from dpo_pipeline.models.loading import policies
+
+        parallel.relaunch_if_needed("stages.eval_baselines", cfg.num_processes)  # inputs checked once
+        parallel.init()
+        outputs = {}
+        for name, model in islice(policies(params.paths, 1), 2):  # base, then SFT; no DPO adapter is read
+            outputs[name] = decode(model, tokenizer, prompts, params, name)
+            del model
+        parallel.finish()
+        if not parallel.is_main():
+            return
     write_jsonl(params.paths.eval_baselines, [{**r, "outputs": {m: outputs[m][i] for m in outputs}}
                                               for i, r in enumerate(rows)])
     print(f"[bold]eval_baselines[/]: base and SFT on {len(rows)} held-out prompts -> {params.paths.eval_baselines}")

@@ -4,7 +4,8 @@
     python -m stages.judge --round 2    (stage judge_r2 of iterative DPO: round 2's samples)
     python -m tools.estimate       (before paying: calls, tokens and USD the judge and eval stages will need)
 
-Rows: {id, prompt: [user msg], chosen: [assistant msg], rejected: [assistant msg], + provenance}.
+Rows: {id, prompt: [user msg], chosen: [assistant msg], rejected: [assistant msg], + provenance}; beside them
+`paths.judgments`, one row a prompt with the judge's answers and why a pair was dropped (the report's page).
 Two candidates a prompt: the pair is judged in both orders; ties, position-inconsistent and invalid verdicts
 are dropped. More candidates: each is scored 1-5 and the best and the worst make the pair (UltraFeedback
 style); equal scores are a tie, dropped. All is counted in metrics/judge.json, with the judge's cost and,
@@ -21,7 +22,7 @@ from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
 from dpo_pipeline.files import read_jsonl, read_text, write_json, write_jsonl
-from dpo_pipeline.judging.pairs import add_label_noise, agreement, build_pairs
+from dpo_pipeline.judging.pairs import add_label_noise, agreement, build_pairs, judgments
 from dpo_pipeline.judging.registry import make_judge, reference_judge
 from dpo_pipeline.rounds import round_paths
 from dpo_pipeline.tasks import get_task
@@ -36,6 +37,7 @@ def from_dataset(params: Params) -> None:
         raise UserError(f"preferences.source: no usable pairs in {cfg.source} ({info['rows']} rows read)")
     pairs, flipped = add_label_noise(pairs, params.judge.label_noise, params.seed)
     write_jsonl(params.paths.preferences, pairs)
+    write_jsonl(params.paths.judgments, [])  # nothing judged
     write_json(params.paths.judge_metrics, {**info, "prompts": info["rows"],
                                             "label_noise": {"rate": params.judge.label_noise, "flipped": flipped}})
     print(f"[bold]judge[/]: {len(pairs)} pairs from {cfg.source} ({info['format']}), nothing judged "
@@ -77,6 +79,7 @@ def main(params: Params, round_num: int = 1) -> None:
         _, reference, _ = build_pairs(samples, rubric)
         metrics["agreement_with_rubric"] = agreement(judged, reference)
     write_jsonl(paths.preferences, pairs)
+    write_jsonl(paths.judgments, judgments(samples, judged))
     write_json(paths.judge_metrics, metrics)
     print(f"[bold]judge[/]: {len(pairs)} pairs kept, {counts['ties']} ties and {counts['invalid']} invalid dropped "
           f"-> {paths.preferences}" + (f"; {judge.usage.spending()}" if judge.remote else ""))

@@ -1,5 +1,6 @@
-"""Write the report (`paths.reports`/report.md, with its pictures) and `paths.headline` (the numbers `dvc exp show`
-opens with), and print the 3-way comparison.
+"""Write the report (`paths.reports`/report.md, with its pictures), the page to read every pair and eval answer
+side by side (`paths.reports`/report.html) and `paths.headline` (the numbers `dvc exp show` opens with), and
+print the 3-way comparison.
 
     python -m stages.report         (run by `dvc repro` as stage `report`)
     python -m stages.report --show  (print the table of the current metrics; `make run` ends with it)
@@ -17,6 +18,7 @@ from dpo_pipeline.evaluation.schema import PAIRWISE, model_metrics, models
 from dpo_pipeline.evaluation.seeds import fingerprint, verdict_line
 from dpo_pipeline.files import read_jsonl, write_json, write_text
 from dpo_pipeline.reporting.iterative import section
+from dpo_pipeline.reporting.page import page_data, pair_rows, write_page
 from dpo_pipeline.reporting.tables import headline_metrics, markdown, print_table
 from dpo_pipeline.rounds import check_declared, round_paths
 from dpo_pipeline.tasks import get_task
@@ -53,7 +55,15 @@ def main(params: Params, show: bool = False) -> None:
                                               verdict_line(seeds, fingerprint(params.model_dump())), names,
                                               section(ev, cis, metrics, rounds, params.report) if rounds else []))
     write_json(paths.headline, headline_metrics(ev, metrics, params.train))
-    print(f"report: {folder / 'report.md'} (the table: python -m stages.report --show)")
+    # The page: round 1's pairs (the kept ones, and the dropped ones with their candidates) and every answer.
+    pairs = pair_rows(read_jsonl(paths.preferences, required=("id", "prompt", "chosen", "rejected"), strings=("id",)),
+                      read_jsonl(paths.judgments, required=("id", "kept", "orders"), empty=True),
+                      read_jsonl(paths.samples, required=("id", "prompt", "responses"), empty=True), paths)
+    source = "sampled from the SFT model" if params.preferences.generated else params.preferences.source
+    size = write_page(folder / "report.html", page_data(ev, cis, judge, records, pairs, metrics, names, source,
+                                                        params.report.page_max_mb), "Base vs SFT vs SFT+DPO")
+    print(f"report: {folder / 'report.md'}, {folder / 'report.html'} ({size / 1e3:,.0f} kB: every pair and "
+          "answer side by side) (the table: python -m stages.report --show)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ the stage writes an empty file and loads no model. With `sample.num_processes` >
 itself under torchrun and each process generates a share of the batches. Each prompt is seeded by itself, so
 the output is byte-identical whatever the batch size or number of processes (models/generation.py).
 Round k > 1 of iterative DPO samples from round k-1's policy, on the prompts `iterate.prompts` gives it, with
-seeds of its own (dpo_pipeline/rounds.py).
+seeds of its own (dpo_pipeline/rounds.py). With `generation.engine: vllm` vLLM samples instead, in its own
+environment (dpo_pipeline/models/engines.py), with the same seeds, temperatures and limits.
 """
 
 from __future__ import annotations
@@ -34,15 +35,11 @@ def main(params: Params, round_num: int = 1) -> None:
     rows = read_jsonl(params.task_files.prompts, required=("id", "prompt"))
     rows = rows[prompt_block(params, round_num, len(rows))]
 
-    from dpo_pipeline.models import parallel
     from dpo_pipeline.models.generation import fitting
-    from dpo_pipeline.models.loading import load_merged, load_tokenizer
+    from dpo_pipeline.models.loading import base_config, load_tokenizer
 
-    parallel.relaunch_if_needed("stages.sample", cfg.num_processes)  # inputs checked once, then N processes
-    parallel.init()
     tokenizer = load_tokenizer(paths)
-    model = load_merged(params.paths, round_num - 1).eval()  # round 1: the SFT model; round k: round k-1's policy
-    keep = fitting(model, tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens)
+    keep = fitting(base_config(params.paths), tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens)
     if len(keep) < len(rows):
         print(f"[bold]sample[/]: dropped {len(rows) - len(keep)} prompts too long for the model's context with "
               f"{cfg.max_new_tokens} new tokens")
@@ -51,16 +48,32 @@ def main(params: Params, round_num: int = 1) -> None:
         raise UserError(f"{params.task_files.prompts}: every prompt is too long for the model's context with "
                         f"sample.max_new_tokens {cfg.max_new_tokens}")
     prompts = [r["prompt"] for r in rows]
+    # Each temperature's own seed; a later round's too, so round k's samples are not round 1's again
+    seeds = [params.seed + 1000 * i + 100_003 * (round_num - 1) for i in range(len(cfg.temperatures))]
+    label = "sampling" + (f", round {round_num}" if round_num > 1 else "")
     start = time.time()
-    by_temp = [
-        parallel.generate(model, tokenizer, prompts, temperature=t, top_k=cfg.top_k, top_p=cfg.top_p,
-                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=params.seed + 1000 * i + 100_003 * (round_num - 1),
-                          label=f"sampling T={t}" + (f", round {round_num}" if round_num > 1 else ""))
-        for i, t in enumerate(cfg.temperatures)
-    ]
-    parallel.finish()
-    if not parallel.is_main():
-        return
+    if params.generation.engine == "vllm":
+        from dpo_pipeline.models import engines
+
+        with engines.served_policy(params.paths, round_num - 1) as served:  # round 1: the SFT model
+            by_temp = engines.generate(params, served, [
+                {"prompts": prompts, "temperature": t, "top_k": cfg.top_k, "top_p": cfg.top_p,
+                 "max_new_tokens": cfg.max_new_tokens, "seed": seed, "lora": "lora" in served}
+                for t, seed in zip(cfg.temperatures, seeds)], label)
+    else:
+        from dpo_pipeline.models import parallel
+        from dpo_pipeline.models.loading import load_merged
+
+        parallel.relaunch_if_needed("stages.sample", cfg.num_processes)  # inputs checked once, then N processes
+        parallel.init()
+        model = load_merged(params.paths, round_num - 1).eval()  # round 1: the SFT model; round k: round k-1's
+        by_temp = [parallel.generate(model, tokenizer, prompts, temperature=t, top_k=cfg.top_k, top_p=cfg.top_p,
+                                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=seed,
+                                     label=f"{label} T={t}")
+                   for t, seed in zip(cfg.temperatures, seeds)]
+        parallel.finish()
+        if not parallel.is_main():
+            return
     out = [{"id": r["id"], "prompt": r["prompt"],
             "responses": [{**gen[j], "temperature": t} for gen, t in zip(by_temp, cfg.temperatures)]}
            for j, r in enumerate(rows)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpo_pipeline.config import RUNTIME, EvalParams, JudgeParams, Params, SampleParams
+from dpo_pipeline.config import RUNTIME, EvalParams, GenerationParams, JudgeParams, Params, SampleParams
 from tools.rounds import render
 
 # Plumbing every stage imports that cannot change a stage's outputs (validation, file I/O, error printing);
@@ -25,7 +25,7 @@ PLUMBING = {"dpo_pipeline", "dpo_pipeline.cli", "dpo_pipeline.config", "dpo_pipe
 STAGES = ["sft_data", "prepare", "sft", "sample", "judge", "train", "eval_baselines", "eval", "report"]
 TASK_MODULE = "${task.module}"
 # The sections with run-time keys (config.RUNTIME): a stage lists their other keys one by one, not the section.
-SECTIONS = {"judge": JudgeParams, "sample": SampleParams, "eval": EvalParams}
+SECTIONS = {"judge": JudgeParams, "sample": SampleParams, "eval": EvalParams, "generation": GenerationParams}
 # Keys of such a section that a stage reading it never reads, so it does not list them either (checked below:
 # the stage's code never names them).
 UNREAD = {"judge": {"judge.reliability_repeats"},        # eval's self-consistency repeats

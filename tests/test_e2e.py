@@ -104,6 +104,29 @@ def test_repro_writes_the_three_way_comparison(repo, reproduced):
     assert {"prompt", "chosen", "rejected"} <= set(pairs[0])
 
 
+def test_the_report_page_shows_what_the_jsonl_files_say(repo, reproduced):
+    """reports/report.html of this run in headless Chromium: every held-out prompt, every kept pair, and each
+    filter leaves exactly the rows the run's JSONL files name."""
+    from tests.helpers import Page
+
+    rows = lambda name: [json.loads(x) for x in (repo / "artifacts" / name).read_text().splitlines()]  # noqa: E731
+    outputs, judgments = rows("eval_outputs.jsonl"), rows("judgments.jsonl")
+    assert [j["id"] for j in judgments if j["kept"]] == [p["id"] for p in rows("preferences.jsonl")]
+    page = Page(repo / "reports" / "report.html")
+    try:
+        assert page.ids("eval") == [r["id"] for r in outputs]
+        for outcome in ("win", "loss", "tie"):
+            page.click(f"#eval-outcome button[data-val='{outcome}']")
+            assert page.ids("eval") == [r["id"] for r in outputs if r["pairwise_dpo_vs_sft"]["outcome"] == outcome]
+        page.click("#tab-pairs")
+        assert page.ids("pairs") == [j["id"] for j in judgments if j["kept"]]
+        page.click("#pairs-status button[data-val='tie']")
+        assert page.ids("pairs") == [j["id"] for j in judgments if j["dropped"] == "tie"]
+        assert page.console() == []
+    finally:
+        page.close()
+
+
 def test_dpo_reference_is_the_sft_model(repo, reproduced):
     """With the SFT model as reference and a fresh adapter, the first logged rewards are ~0."""
     train = json.loads((repo / "metrics/train.json").read_text())
@@ -444,6 +467,31 @@ def test_a_task_from_the_template_my_sft_adapter_and_claude(repo, reproduced, tm
     finally:
         (repo / "my_task.py").unlink()
         shutil.rmtree(data)
+        baseline_params(repo)
+
+
+def test_vllm_samples_and_evaluates_end_to_end(repo, reproduced):
+    """generation.engine=vllm through dvc: vLLM (its own environment) samples and generates eval's answers of
+    base, SFT (the adapter as a LoRA request) and SFT+DPO (a merged folder); KL and training stay in
+    transformers. The tiny model gets vLLM's smallest CPU head size, 32."""
+    vllm = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+    if not vllm.exists() and not os.environ.get("CI"):
+        pytest.skip("no vLLM environment here: `make vllm` creates it (CI always has it)")
+    baseline_params(repo)
+    transformers = [json.loads(x) for x in (repo / "artifacts/samples.jsonl").read_text().splitlines()]
+    try:
+        out = sh(repo, "dvc", "exp", "run", "-S", "generation.engine=vllm", "-S", f"generation.vllm_python={vllm}",
+                 "-S", "model.tiny.hidden_size=64")
+        for stage in ("sample", "judge", "train", "eval_baselines", "eval", "report"):
+            assert f"Running stage '{stage}'" in out, stage
+        assert out.count("requests to vLLM") == 3  # sample; base and SFT in one engine; SFT+DPO
+        samples = [json.loads(x) for x in (repo / "artifacts/samples.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in samples] == [r["id"] for r in transformers]
+        assert all(0 < c["tokens"] <= TINY["sample"]["max_new_tokens"] for r in samples for c in r["responses"])
+        ev = json.loads((repo / "metrics/eval.json").read_text())
+        assert ev["n_prompts"] == ROWS["eval.jsonl"] and set(ev["format_conformance"]) == {"base", "sft", "dpo"}
+        assert ev["kl_dpo_vs_sft"]["kl"] >= 0
+    finally:
         baseline_params(repo)
 
 

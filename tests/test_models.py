@@ -66,6 +66,40 @@ def test_generation_is_seeded_and_batch_independent(micro):
                                                                                 **greedy)
 
 
+def test_counter_noise_samples_softmax_and_depends_on_its_row_only():
+    """The accelerator's noise (run here on the CPU, where the same integer ops give the same bits): the
+    argmax of logits + noise is a draw from softmax(logits), and a row's noise is a function of its key, the
+    step and the token alone."""
+    import torch
+
+    from dpo_pipeline.models.generation import gumbel
+
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0, float("-inf")])
+    keys = torch.arange(2000, dtype=torch.int64) * 7919
+    draws = torch.cat([(logits + gumbel(keys, step, 5)).argmax(-1) for step in range(10)])
+    freq = torch.bincount(draws, minlength=5).double() / len(draws)
+    assert torch.allclose(freq, torch.softmax(logits.double(), 0), atol=0.01), freq  # 3 sd is ~0.01
+    assert freq[4] == 0  # a token the warpers removed is never drawn
+    noise = gumbel(keys[:3], 4, 1000)
+    assert torch.equal(noise[1], gumbel(keys[1:2], 4, 1000)[0])  # alone or in a batch: the same
+    assert not torch.equal(noise[0], noise[1]) and not torch.equal(noise[0], gumbel(keys[:1], 5, 1000)[0])
+    assert noise.isfinite().all()
+
+
+def test_cpu_noise_is_a_generator_per_prompt():
+    """On a CPU each row draws from a torch generator seeded by its prompt, as it always has: the committed
+    outputs stay what they were."""
+    import torch
+
+    from dpo_pipeline.models.generation import PromptNoise
+
+    scores = torch.zeros(2, 50)
+    got = PromptNoise([11, 12])(torch.zeros(2, 3, dtype=torch.long), scores)
+    u = torch.rand(50, generator=torch.Generator().manual_seed(12)).clamp(torch.finfo(torch.float32).tiny,
+                                                                          1 - torch.finfo(torch.float32).eps)
+    assert torch.equal(got[1], -torch.log(-torch.log(u)))
+
+
 def test_kl_of_a_fresh_adapter_is_zero_and_grows_when_it_changes(micro):
     import torch
     from peft import LoraConfig, get_peft_model
@@ -130,8 +164,8 @@ def test_prompts_too_long_for_the_context_are_found_not_crashed_on(micro):
     model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), load_tokenizer(str(path))
     context = model.config.max_position_embeddings
     prompts = ["search is down.", "search is down. " * context, "payments is slow."]
-    assert fitting(model, tok, prompts, max_new_tokens=16) == [0, 2]
-    out = generate(model, tok, [prompts[i] for i in fitting(model, tok, prompts, 16)], temperature=0, top_p=1.0,
+    assert fitting(model.config, tok, prompts, max_new_tokens=16) == [0, 2]
+    out = generate(model, tok, [prompts[i] for i in fitting(model.config, tok, prompts, 16)], temperature=0, top_p=1.0,
                    max_new_tokens=16, batch_size=4, seed=0)
     assert len(out) == 2
 

@@ -25,7 +25,8 @@ ONE_ROUND = {("sft_data", "prepare"), ("sft_data", "sft"), ("sft_data", "eval_ba
              ("prepare", "sft"), ("prepare", "sample"), ("sft", "sample"), ("sample", "judge"), ("prepare", "train"),
              ("sft", "train"), ("judge", "train"), ("prepare", "eval_baselines"), ("sft", "eval_baselines"),
              ("prepare", "eval"), ("sft", "eval"), ("train", "eval"), ("eval_baselines", "eval"),
-             ("judge", "report"), ("train", "report"), ("eval", "report")}
+             ("judge", "report"), ("train", "report"), ("eval", "report"),
+             ("sample", "report")}  # the report page shows the dropped prompts' candidates
 
 
 def edges(text: str) -> set[tuple[str, str]]:

@@ -29,3 +29,10 @@ def decode(model, tokenizer, prompts: list[str], params: Params, name: str) -> l
     return parallel.generate(model, tokenizer, prompts, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                              max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=params.seed,
                              label=f"eval {name}")
+
+
+def requests(prompts: list[str], params: Params, lora: bool = False) -> dict:
+    """The same decoding and seeds as `decode`, as one group of vLLM requests (models/engines.py)."""
+    cfg = params.eval
+    return {"prompts": prompts, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
+            "max_new_tokens": cfg.max_new_tokens, "seed": params.seed, "lora": lora}

@@ -105,6 +105,7 @@ class Judged:
     consistent: bool
     picks: tuple[int, int] = (0, 1)  # the candidates the verdict's A and B are
     first: Verdict | None = None     # the answer in the order given, before the swap (self-consistency)
+    second: Verdict | None = None    # the answer with the positions swapped, its winner as the judge named it
     asked: bool = True               # False: two identical responses, a tie without asking the judge
 
 
@@ -122,12 +123,12 @@ def pairwise_both_orders(judge: Judge, items: list[tuple[str, str, str]]) -> lis
     answers = judge.pairwise_all(asked + [(p, b, a) for p, a, b in asked])
     for i, first, second in zip(distinct, answers[:len(asked)], answers[len(asked):]):
         if first is None or second is None:
-            out[i] = Judged(None, False, first=first)
+            out[i] = Judged(None, False, first=first, second=second)
             continue
         swapped = {"A": "B", "B": "A", "tie": "tie"}[second.winner]
         if first.winner == swapped:
-            out[i] = Judged(first, True, first=first)
+            out[i] = Judged(first, True, first=first, second=second)
         else:
             out[i] = Judged(Verdict(winner="tie", reason=f"position-inconsistent: {first.winner} then "
-                                                         f"{swapped}"), False, first=first)
+                                                         f"{swapped}"), False, first=first, second=second)
     return out

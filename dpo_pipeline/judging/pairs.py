@@ -61,6 +61,24 @@ def build_pairs(samples: list[dict], judge: Judge) -> tuple[list[dict], list[Jud
     return pairs, judged, counts
 
 
+def judgments(samples: list[dict], judged: list[Judged]) -> list[dict]:
+    """One row a prompt: what the judge said and why its pair was kept or dropped (the report's page reads it;
+    preferences.jsonl keeps only the kept pairs, in TRL's format). `orders` are the answers as asked: the
+    candidates in `picks` order, then swapped (that answer's "A" is the second pick); one answer when
+    every candidate was scored on its own."""
+    def answer(v: Verdict | None) -> dict | None:
+        return None if v is None else {"winner": v.winner, "reason": v.reason}
+
+    rows = []
+    for row, j in zip(samples, judged):
+        dropped = ("invalid" if j.verdict is None else "identical" if not j.asked
+                   else "position" if not j.consistent else "tie" if j.verdict.winner == "tie" else None)
+        orders = [answer(j.first), answer(j.second)] if j.first or j.second else [answer(j.verdict)]
+        rows.append({"id": row["id"], "picks": list(j.picks), "kept": dropped is None, "dropped": dropped,
+                     "winner": None if j.verdict is None else j.verdict.winner, "orders": orders})
+    return rows
+
+
 def add_label_noise(pairs: list[dict], rate: float, seed: int) -> tuple[list[dict], int]:
     """Swap chosen and rejected on a seeded `rate` share of the pairs: garbage in, to see garbage out."""
     rng = random.Random(seed)

@@ -128,6 +128,13 @@ def tokenizer_from(path: str | Path) -> PreTrainedTokenizerBase:
     return tok
 
 
+def base_config(paths: Paths):
+    """The base model's config, read without its weights (its context length decides what prompts fit)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_folder(paths.base_model)["path"])
+
+
 def load_base(paths: Paths) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(model_folder(paths.base_model)["path"], dtype=dtype()).to(device())
 

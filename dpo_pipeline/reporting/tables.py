@@ -114,6 +114,8 @@ def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(ev, cis, metrics, names)]
     lines += ["", "![Base vs SFT vs SFT+DPO, 95% CIs](eval_bars.png)", "",
               *pairwise_counts(ev), "",
+              "Every eval answer and preference pair side by side, with filters: [report.html](report.html) "
+              "(open it in a browser).", "",
               "## Preference data", "", preference_data(judge, generated), "",
               "## DPO training", "", "![Training curves](training_curves.png)", "",
               f"- Reward margin: {train['first_step']['rewards/margins']} at the first step (the reference is the "

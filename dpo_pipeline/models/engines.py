@@ -1,0 +1,115 @@
+"""The vLLM generation engine (`generation.engine: vllm`): the policy served from its folders, the stage's
+prompts as one request each, run by `vllm_worker` in the vLLM environment's interpreter.
+
+What each model is to vLLM: the base model its folder; the SFT model the base with the SFT adapter as a
+`LoRARequest` (no merged copy; a full SFT model its own folder); round k's policy a merged folder written for
+the call (vLLM applies one adapter at a time, and round k stacks k + 1). Prompts are rendered and tokenized
+here with the pipeline's chat template and tokenizer, and the output ids decoded here, so rows look as the
+transformers engine writes them: {"text", "tokens"}. Each request carries the seed the transformers engine
+uses for that prompt, so a response does not depend on the other prompts; vLLM's sampler is not ours, so the
+texts differ from the transformers engine's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from dpo_pipeline.config import Params, Paths
+from dpo_pipeline.errors import ServiceError, UserError
+from dpo_pipeline.models.generation import chat_prompts, prompt_seed
+from dpo_pipeline.models import vllm_worker
+from dpo_pipeline.models.loading import load_merged, load_tokenizer, model_folder
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where the worker module resolves in the other env
+
+
+def served_sft(paths: Paths) -> dict:
+    """The SFT model as vLLM serves it: the base with the adapter as a LoRA request, or a full model."""
+    base, sft = model_folder(paths.base_model)["path"], model_folder(paths.sft_model)
+    if sft["kind"] == "full":
+        return {"model": sft["path"]}
+    return {"model": base, "lora": lora(sft["path"])}
+
+
+def lora(folder: str) -> dict:
+    """The adapter vLLM will apply, with the rank it must be started with; what vLLM cannot apply is refused."""
+    cfg = json.loads((Path(folder) / "adapter_config.json").read_text())
+    if cfg.get("modules_to_save") or cfg.get("use_dora"):
+        raise UserError(f"model.sft: the adapter in {folder} has {'DoRA' if cfg.get('use_dora') else 'modules_to_save'}"
+                        ", which vLLM cannot serve; use generation.engine: transformers")
+    return {"path": str(Path(folder).resolve()), "rank": max([cfg["r"], *(cfg.get("rank_pattern") or {}).values()])}
+
+
+@contextmanager
+def served_policy(paths: Paths, k: int) -> Iterator[dict]:
+    """Round k's policy (k = 0: the SFT model) as vLLM serves it; k >= 1 as a merged folder, removed after."""
+    if k == 0:
+        yield served_sft(paths)
+        return
+    with tempfile.TemporaryDirectory(prefix=f"policy-r{k}-") as folder:
+        model = load_merged(paths, k)
+        model.save_pretrained(folder)
+        load_tokenizer(paths).save_pretrained(folder)
+        del model
+        yield {"model": folder}
+
+
+def vllm_request(params: Params, served: dict, groups: list[dict]) -> dict:
+    """The worker's request: the served model, and one request per prompt of each group with that prompt's
+    seed, the one the transformers engine uses for it (models/generation.prompt_seed)."""
+    tokenizer = load_tokenizer(params.paths)
+    requests, longest = [], 0
+    for g in groups:
+        ids = tokenizer(chat_prompts(tokenizer, g["prompts"]), add_special_tokens=False)["input_ids"]
+        longest = max([longest, *(len(x) + g["max_new_tokens"] for x in ids)])
+        requests += [{"prompt_token_ids": x, "lora": bool(g.get("lora")), "seed": prompt_seed(g["seed"], p),
+                      "temperature": g["temperature"], "top_k": g["top_k"], "top_p": g["top_p"],
+                      "max_tokens": g["max_new_tokens"], "stop_token_ids": [tokenizer.eos_token_id]}
+                     for x, p in zip(ids, g["prompts"])]
+    import torch
+
+    gpu = torch.cuda.is_available()
+    return {"model": served["model"], "tokenizer": tokenizer.name_or_path, "lora": served.get("lora"),
+            "dtype": ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if gpu else "float32",
+            "max_model_len": longest, "enforce_eager": not gpu,  # CPU: compiling costs ~2 min, gains ~4%
+            "gpu_memory_utilization": params.generation.vllm_gpu_memory_utilization, "requests": requests}
+
+
+def generate(params: Params, served: dict, groups: list[dict], label: str) -> list[list[dict]]:
+    """One engine start for the whole call. `groups`: [{prompts, temperature, top_k, top_p, max_new_tokens,
+    seed, lora (bool: the served adapter applies)}]; returns each group's rows in its prompts' order."""
+    cfg = params.generation
+    python = Path(cfg.vllm_python)
+    if not python.exists():
+        raise UserError(f"generation.vllm_python: {python} not found; create the vLLM environment with `make vllm` "
+                        "(or set generation.engine: transformers)")
+    request = vllm_request(params, served, groups)
+    tokenizer = load_tokenizer(params.paths)
+    requests = request["requests"]
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT), "VLLM_CPU_KVCACHE_SPACE": f"{cfg.vllm_kv_cache_gib:g}"}
+    with tempfile.TemporaryDirectory(prefix="vllm-") as tmp:
+        req_path, out_path = Path(tmp) / "request.json", Path(tmp) / "outputs.jsonl"
+        req_path.write_text(json.dumps(request))
+        print(f"{label}: {len(requests)} requests to vLLM ({python})", flush=True)
+        proc = subprocess.run([str(python), "-m", vllm_worker.__name__, str(req_path), str(out_path)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            last = [line for line in proc.stdout.splitlines() if line.strip()][-1:] or ["no output"]
+            raise ServiceError(f"vLLM failed ({label}, exit {proc.returncode}): {last[0][:300]}")
+        outputs = [json.loads(line) for line in out_path.read_text().splitlines()]
+    rows = []
+    for out in outputs:
+        ids = out["token_ids"]
+        n = ids.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in ids else len(ids)
+        rows.append({"text": tokenizer.decode(ids[:n], skip_special_tokens=True).strip(), "tokens": n})
+    result, start = [], 0
+    for g in groups:
+        result.append(rows[start:start + len(g["prompts"])])
+        start += len(g["prompts"])
+    return result

@@ -1,0 +1,122 @@
+"""generation.engine vllm: the SFT adapter served as a LoRA request (no merged copy), one seeded request per
+prompt, reruns byte-identical, and bad settings refused in one line. The engine runs in the vLLM environment
+(`make vllm`, which `make test` runs): required in CI, skipped elsewhere when it is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpo_pipeline.config import load_params
+from dpo_pipeline.errors import UserError
+from dpo_pipeline.models.generation import prompt_seed
+from tests.helpers import TEXTS, run_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+VLLM = ROOT / ".venv-vllm" / "bin" / "python"
+needs_vllm = pytest.mark.skipif(not VLLM.exists() and not os.environ.get("CI"),
+                                reason="no vLLM environment here: `make vllm` creates it (CI always has it)")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> dict:
+    """A workdir whose models/base is a tiny Llama (head size 32, as vLLM's CPU attention takes) and whose
+    models/sft is a LoRA adapter on it, nudged far enough to change what is sampled."""
+    import torch
+    from peft import get_peft_model
+
+    from dpo_pipeline.config import ModelParams
+    from dpo_pipeline.models.lora import lora_config, save_adapter
+    from dpo_pipeline.models.tiny import train_tiny_base
+
+    work = tmp_path_factory.mktemp("vllm")
+    cfg = ModelParams(base="builtin:tiny", revision=None, sft=None, lora_target_modules="auto", max_length=128,
+                      tiny=dict(vocab_size=320, hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128,
+                                epochs=1, learning_rate=3e-3, batch_size=16, micro_batches=1))
+    train_tiny_base(TEXTS, cfg, seed=0, out_dir=work / "models" / "base")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(work / "models" / "base")
+    model = get_peft_model(model, lora_config(model, "auto", r=4, alpha=8, dropout=0.0))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5 * torch.randn_like(p))
+    save_adapter(model, work / "models" / "sft")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["generation"] |= {"engine": "vllm", "vllm_python": str(VLLM), "vllm_kv_cache_gib": 1}
+    (work / "params.yaml").write_text(yaml.safe_dump(raw))
+    return {"work": work, "params": load_params(work / "params.yaml")}
+
+
+def test_the_adapter_is_served_as_a_lora_request_at_its_rank(served, monkeypatch):
+    from dpo_pipeline.models.engines import served_sft
+
+    monkeypatch.chdir(served["work"])
+    sft = served_sft(served["params"].paths)
+    assert sft == {"model": "models/base", "lora": {"path": str(served["work"] / "models" / "sft"), "rank": 4}}
+
+
+def test_an_adapter_vllm_cannot_serve_is_refused_naming_why(served, tmp_path):
+    from dpo_pipeline.models.engines import lora
+
+    shutil.copytree(served["work"] / "models" / "sft", tmp_path / "dora")
+    cfg = json.loads((tmp_path / "dora" / "adapter_config.json").read_text())
+    (tmp_path / "dora" / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
+    with pytest.raises(UserError, match=r"^model.sft: the adapter in .*dora has DoRA, which vLLM cannot serve; "
+                                        r"use generation.engine: transformers$"):
+        lora(str(tmp_path / "dora"))
+
+
+def test_a_missing_vllm_environment_is_one_line_naming_the_fix(served, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(served["work"], work)
+    shutil.copytree(ROOT / "data", work / "data")
+    raw = yaml.safe_load((work / "params.yaml").read_text())
+    raw["generation"]["vllm_python"] = "no/such/python"
+    raw["sample"]["max_prompts"] = 4
+    (work / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = run_stage("sample", work)
+    assert (proc.returncode, proc.stderr.strip()) == (2, "error: generation.vllm_python: no/such/python not found; "
+                                                         "create the vLLM environment with `make vllm` (or set "
+                                                         "generation.engine: transformers)")
+    assert not (work / "artifacts" / "samples.jsonl").exists()
+
+
+def test_vllm_with_several_processes_is_refused_before_anything_runs(served, tmp_path):
+    raw = yaml.safe_load((served["work"] / "params.yaml").read_text())
+    raw["sample"]["num_processes"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=r"generation.engine vllm runs one engine per stage"):
+        load_params(tmp_path / "params.yaml")
+
+
+@needs_vllm
+def test_seeded_per_prompt_lora_applied_and_reruns_byte_identical(served, monkeypatch):
+    from dpo_pipeline.models import engines
+
+    monkeypatch.chdir(served["work"])
+    params = served["params"]
+    prompts = [f"Pager alert. search is unreachable {i}." for i in range(6)]
+
+    def group(ps, seed=5, lora=False):
+        return {"prompts": ps, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 16, "seed": seed,
+                "lora": lora}
+
+    sft = engines.served_sft(params.paths)
+    groups = [group(prompts), group(prompts, lora=True), group(prompts, seed=6)]
+    request = engines.vllm_request(params, sft, groups)  # each prompt seeded as the transformers engine seeds it
+    assert [r["seed"] for r in request["requests"][:6]] == [prompt_seed(5, p) for p in prompts]
+    assert [r["lora"] for r in request["requests"]] == [False] * 6 + [True] * 6 + [False] * 6
+    first = engines.generate(params, sft, groups, "test")
+    base, tuned, reseeded = first
+    assert all(0 < r["tokens"] <= 16 for r in base)
+    assert reseeded != base  # the seed decides
+    assert tuned != base     # the adapter is applied to its requests only
+    assert engines.generate(params, sft, groups, "test") == first  # a rerun: byte for byte
