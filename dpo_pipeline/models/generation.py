@@ -71,7 +71,7 @@ def gumbel(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
 class PromptNoise(LogitsProcessor):
     """Gumbel noise for each row from that row's prompt seed: the argmax of scores + noise is a sample from
     softmax(scores). Tokens the warpers removed stay at -inf. On a CPU each row draws from a torch generator of
-    its own (a vocabulary of uniforms a step; measured as fast as the counter-based noise at vocab 49,152);
+    its own (a vocabulary of uniforms a step: 1.5-2x faster there than the counter-based noise, bench/noise.py);
     on an accelerator the counter-based `gumbel` is one pass for the batch on the device, with no per-row
     launches and no copy from the CPU. Two samplers, each exact: their draws differ, as floats across devices
     already make outputs differ."""
