@@ -108,8 +108,9 @@ def save_tiny(arch: str, out: Path, chat_template: bool = True) -> Path:
     return out
 
 
-def save_adapter_for(base: Path, out: Path) -> Path:
-    """A LoRA adapter on `base` (targets chosen as the pipeline chooses them), nudged away from zero."""
+def save_adapter_for(base: Path, out: Path, nudge: float = 0.01) -> Path:
+    """A LoRA adapter on `base` (targets chosen as the pipeline chooses them), nudged away from zero by random
+    lora_B weights of scale `nudge`."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -119,7 +120,7 @@ def save_adapter_for(base: Path, out: Path) -> Path:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.add_(0.01 * torch.randn_like(p))
+                p.add_(nudge * torch.randn_like(p))
     save_adapter(model, out)
     return out
 

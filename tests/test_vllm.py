@@ -27,28 +27,16 @@ needs_vllm = pytest.mark.skipif(not VLLM.exists() and not os.environ.get("CI"),
 def served(tmp_path_factory) -> dict:
     """A workdir whose models/base is a tiny Llama (head size 32, as vLLM's CPU attention takes) and whose
     models/sft is a LoRA adapter on it, nudged far enough to change what is sampled."""
-    import torch
-    from peft import get_peft_model
-
     from dpo_pipeline.config import ModelParams
-    from dpo_pipeline.models.lora import lora_config, save_adapter
     from dpo_pipeline.models.tiny import train_tiny_base
+    from tests.helpers import save_adapter_for
 
     work = tmp_path_factory.mktemp("vllm")
     cfg = ModelParams(base="builtin:tiny", revision=None, sft=None, lora_target_modules="auto", max_length=128,
                       tiny=dict(vocab_size=320, hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128,
                                 epochs=1, learning_rate=3e-3, batch_size=16, micro_batches=1))
     train_tiny_base(TEXTS, cfg, seed=0, out_dir=work / "models" / "base")
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(work / "models" / "base")
-    model = get_peft_model(model, lora_config(model, "auto", r=4, alpha=8, dropout=0.0))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.5 * torch.randn_like(p))
-    save_adapter(model, work / "models" / "sft")
+    save_adapter_for(work / "models" / "base", work / "models" / "sft", nudge=0.5)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["generation"] |= {"engine": "vllm", "vllm_python": str(VLLM), "vllm_kv_cache_gib": 1}
     (work / "params.yaml").write_text(yaml.safe_dump(raw))
