@@ -12,7 +12,8 @@ from dpo_pipeline.reporting.diagnostics import diagnose, healthy_evidence, refle
 from dpo_pipeline.tasks import incident_triage
 
 METRICS = model_metrics(incident_triage)
-CFG = ReportParams(examples=3, flat_margin=0.1, flat_accuracy=0.6, kl_drift=10.0, kl_spike=2.0, length_ratio=1.2)
+CFG = ReportParams(examples=3, flat_margin=0.1, flat_accuracy=0.6, kl_drift=10.0, kl_spike=2.0, length_ratio=1.2,
+                   page_max_mb=20)
 
 
 def delta(low, high):
