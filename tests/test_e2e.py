@@ -478,7 +478,7 @@ def test_vllm_samples_and_evaluates_end_to_end(repo, reproduced):
     if not vllm.exists() and not os.environ.get("CI"):
         pytest.skip("no vLLM environment here: `make vllm` creates it (CI always has it)")
     baseline_params(repo)
-    transformers = [json.loads(x) for x in (repo / "artifacts/samples.jsonl").read_text().splitlines()]
+    prompts = [json.loads(x)["id"] for x in (repo / "data/incident_triage/prompts.jsonl").read_text().splitlines()]
     try:
         out = sh(repo, "dvc", "exp", "run", "-S", "generation.engine=vllm", "-S", f"generation.vllm_python={vllm}",
                  "-S", "model.tiny.hidden_size=64")
@@ -486,11 +486,11 @@ def test_vllm_samples_and_evaluates_end_to_end(repo, reproduced):
             assert f"Running stage '{stage}'" in out, stage
         assert out.count("requests to vLLM") == 3  # sample; base and SFT in one engine; SFT+DPO
         samples = [json.loads(x) for x in (repo / "artifacts/samples.jsonl").read_text().splitlines()]
-        assert [r["id"] for r in samples] == [r["id"] for r in transformers]
+        assert [r["id"] for r in samples] == prompts
         assert all(0 < c["tokens"] <= TINY["sample"]["max_new_tokens"] for r in samples for c in r["responses"])
         ev = json.loads((repo / "metrics/eval.json").read_text())
         assert ev["n_prompts"] == ROWS["eval.jsonl"] and set(ev["format_conformance"]) == {"base", "sft", "dpo"}
-        assert ev["kl_dpo_vs_sft"]["kl"] >= 0
+        assert ev["kl_dpo_vs_sft"]["kl_ci_low"] <= ev["kl_dpo_vs_sft"]["kl"] <= ev["kl_dpo_vs_sft"]["kl_ci_high"]
     finally:
         baseline_params(repo)
 
