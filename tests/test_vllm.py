@@ -106,5 +106,8 @@ def test_seeded_per_prompt_lora_applied_and_reruns_byte_identical(served, monkey
     base, tuned, reseeded = first
     assert all(0 < r["tokens"] <= 16 for r in base)
     assert reseeded != base  # the seed decides
-    assert tuned != base     # the adapter is applied to its requests only
+    assert all(t != b for t, b in zip(tuned, base))  # the adapter changes every response
     assert engines.generate(params, sft, groups, "test") == first  # a rerun: byte for byte
+    # The adapter is applied to its requests only: each group alone gets what it got beside the others.
+    assert engines.generate(params, sft, [groups[0]], "test") == [base]
+    assert engines.generate(params, sft, [groups[1]], "test") == [tuned]

