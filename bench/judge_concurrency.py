@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from dpo_pipeline.judging.claude import AnthropicJudge  # noqa: E402
 from dpo_pipeline.config import load_params  # noqa: E402
+from result import add_json_arg, write_result  # noqa: E402
 from tests.helpers import FakeAnthropic  # noqa: E402
 
 
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--latency", type=float, default=0.1)
+    add_json_arg(ap)
     args = ap.parse_args()
     os.environ["CI"] = "1"  # no live progress bar in the timing
     urls, stop = mp.Queue(), mp.Event()
@@ -65,6 +67,9 @@ def main() -> None:
     ideal = args.n * args.latency / args.concurrency
     print(f"{args.n} judgments, concurrency {args.concurrency}, {args.latency * 1000:.0f} ms latency: "
           f"{wall:.2f} s, ideal {ideal:.2f} s, ratio {wall / ideal:.2f} (bar: <= 1.5)")
+    write_result(args.json, "judge_concurrency", {
+        "n": args.n, "concurrency": args.concurrency, "latency_s": args.latency, "seconds": round(wall, 3),
+        "ideal_seconds": round(ideal, 3), "ratio": round(wall / ideal, 3), "bar": 1.5})
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from dpo_pipeline.config import load_params  # noqa: E402
 from dpo_pipeline.judging.claude import AnthropicJudge  # noqa: E402
+from result import add_json_arg, write_result  # noqa: E402
 from tests.helpers import FakeAnthropic  # noqa: E402
 
 
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--itpm", type=int, default=0, help="input tokens per minute; 0: no limit")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--latency", type=float, default=0.05)
+    add_json_arg(ap)
     args = ap.parse_args()
     os.environ["CI"] = "1"  # no live progress bar in the timing
     items = [("incident report", f"response {i:04d}") for i in range(args.n)]  # all the same length
@@ -65,6 +67,12 @@ def main() -> None:
     print(f"  busiest 1 s window: {busiest(times)} requests (per-second rate {per_second:.2f}, +1 allowed)")
     if span > 60:  # a run longer than a minute: the window the API's limits are named for
         print(f"  busiest 60 s window: {busiest(times, 60.0)} requests (limit {per_second * 60:.0f}, +1 allowed)")
+    write_result(args.json, "judge_rate_limit", {
+        "n": args.n, "concurrency": args.concurrency, "latency_s": args.latency, "seconds": round(wall, 3),
+        "requests_per_min": round(rpm, 1), "rpm_limit": args.rpm or None,
+        "input_tokens_per_min": round(itpm), "itpm_limit": args.itpm or None, "tokens_per_request": tokens,
+        "busiest_1s": busiest(times), "per_second_rate": round(per_second, 3) if per_second < float("inf") else None,
+        "busiest_60s": busiest(times, 60.0) if span > 60 else None})
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ speed. Prints milliseconds per step of each, and each noise's share of (decode s
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from dpo_pipeline.models.generation import M32, gumbel, mix32, prompt_seed  # noqa: E402
+from result import add_json_arg, write_result  # noqa: E402
 
 
 class Counter:
@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=128, help="KV-cache tokens at the timed step")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--json", type=Path, help="also write the results here")
+    add_json_arg(ap)
     args = ap.parse_args()
     torch.manual_seed(0)
     results = []
@@ -118,9 +118,9 @@ def main() -> None:
               f"counter noise {r['counter_noise_ms']:7.2f} ms ({r['counter_noise_share']:.1%}) | "
               f"per-row generators {r['row_generators_ms']:7.2f} ms ({r['row_generators_share']:.1%}) | "
               f"ratio {r['row_generators_ms'] / r['counter_noise_ms']:.2f}x")
-    if args.json:
-        args.json.write_text(json.dumps({"machine": torch.__config__.show().splitlines()[0], "results": results},
-                                        indent=2) + "\n")
+    runs = [{**r, "row_generators_over_counter": round(r["row_generators_ms"] / r["counter_noise_ms"], 2)}
+            for r in results]
+    write_result(args.json, "noise", {"context": args.context, "repeats": args.repeats, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ stage, from getrusage), then `dvc exp run -S train.beta=0.3` (must run train, ev
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
+from result import add_json_arg, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "sft", "sample", "judge", "train", "eval_baselines", "eval", "report")
@@ -70,19 +73,32 @@ def full(rows: list[tuple[str, float, float]]) -> float:
 
 
 def main() -> None:
-    revs = sys.argv[1:] or ["HEAD"]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("revs", nargs="*", default=["HEAD"], metavar="REV", help="commits, each in turn (default: HEAD)")
+    add_json_arg(ap)
+    args = ap.parse_args()
+    revs = args.revs
     results = {rev: run(rev) for rev in revs}
+    out = {}
     for rev, rows in results.items():
         print(f"\n{rev}\n{'step':48} {'seconds':>8} {'peak RSS MiB':>13}")
         for name, seconds, rss in rows:
             print(f"{name:48} {seconds:8.1f} {rss:13.0f}")
         print(f"{'full pipeline (sum of stages)':48} {full(rows):8.1f}")
         print(f"beta change: {rows[-2][1] / full(rows):.2f} of the full run; no-op: {rows[-1][1] / full(rows):.3f}")
+        out[rev] = {"steps": [{"step": name, "seconds": round(seconds, 1), "peak_rss_mib": round(rss)}
+                              for name, seconds, rss in rows],
+                    "full_seconds": round(full(rows), 1), "beta_change_share": round(rows[-2][1] / full(rows), 3),
+                    "noop_share": round(rows[-1][1] / full(rows), 4)}
     for rev in revs[1:]:  # each later commit against the first
         rows, first = results[rev], {name: seconds for name, seconds, _ in results[revs[0]]}
         print(f"{rev} against {revs[0]}: full run {full(rows) / full(results[revs[0]]):.2f}x the time; "
               + ", ".join(f"{name.removeprefix('stage ')} {seconds / first[name]:.2f}x" for name, seconds, _ in rows
                           if name in first))
+        out[rev]["against_first"] = {"full": round(full(rows) / full(results[revs[0]]), 3),
+                                     **{name.removeprefix("stage "): round(seconds / first[name], 3)
+                                        for name, seconds, _ in rows if name in first}}
+    write_result(args.json, "pipeline", out)
 
 
 if __name__ == "__main__":

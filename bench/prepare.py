@@ -27,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from result import add_json_arg, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # One run, in its own process (a thread count is set before torch starts): prints its seconds and final loss.
@@ -103,6 +105,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
     ap.add_argument("--stage", choices=list(RUN), default="prepare")
+    add_json_arg(ap)
     args = ap.parse_args()
     from safetensors.torch import load_file
 
@@ -123,12 +126,16 @@ def main() -> None:
             results.append({"name": name, **json.loads(line), "weights": load_file(out / WEIGHTS[args.stage]),
                             "padding": ratios[micro]})
             print(f"{name}: {results[-1]['seconds']:.1f} s", flush=True)
-    first = results[0]
+    first, rows = results[0], []
     print(f"\n{'run':10} {'seconds':>8} {'ratio':>6} {'loss':>7} {'max |dw|':>9} {'computed/real tokens':>21}")
     for r in results:
         diff = max(float((r["weights"][k] - first["weights"][k]).abs().max()) for k in first["weights"])
         print(f"{r['name']:10} {r['seconds']:8.1f} {r['seconds'] / first['seconds']:6.2f} {r['loss']:7.4f} "
               f"{diff:9.4f} {r['padding']:21.2f}")
+        rows.append({"run": r["name"], "seconds": round(r["seconds"], 2),
+                     "ratio": round(r["seconds"] / first["seconds"], 3), "loss": r["loss"], "max_weight_diff": diff,
+                     "computed_over_real_tokens": round(r["padding"], 3)})
+    write_result(args.json, "prepare", {"stage": args.stage, "runs": rows})
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from result import add_json_arg, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 # Each stage's outputs (paths keys), written into the run's folder; the first is the one compared.
 OUTPUTS = {"sample": ["samples"], "eval_baselines": ["eval_baselines"], "eval": ["eval_outputs", "eval_metrics", "eval_ci"],
@@ -74,15 +76,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--stages", nargs="+", default=["sample", "eval_baselines", "eval"], choices=list(OUTPUTS))
+    add_json_arg(ap)
     args = ap.parse_args()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     print(f"{'stage':14} {'1 process, s':>13} {f'{args.processes} processes, s':>15} {'speed-up':>9} identical")
+    rows = []
     for stage in args.stages:
         with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as many:
             t1 = run(stage, 1, Path(one))
             tn = run(stage, args.processes, Path(many))
             same = identical(stage, params["paths"], Path(one), Path(many))
             print(f"{stage:14} {t1:13.1f} {tn:15.1f} {t1 / tn:8.2f}x {same}", flush=True)
+            rows.append({"stage": stage, "one_process_s": round(t1, 1), "n_processes_s": round(tn, 1),
+                         "speed_up": round(t1 / tn, 3), "identical": same})
+    write_result(args.json, "processes", {"processes": args.processes, "stages": rows})
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from dpo_pipeline.config import load_params  # noqa: E402
 from dpo_pipeline.evaluation.schema import model_metrics, models  # noqa: E402
 from dpo_pipeline.reporting.page import page_data, similarity, write_page  # noqa: E402
 from dpo_pipeline.tasks import get_task  # noqa: E402
+from result import add_json_arg, write_result  # noqa: E402
 
 WORDS = [w for w in (ROOT / "data" / "incident_triage" / "policy.md").read_text().split() if w.isalpha()]
 
@@ -44,11 +45,13 @@ def pairs(n: int, words: int, seed: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=60_000)
+    add_json_arg(ap)
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
     ev, cis, judge = (json.loads((ROOT / p).read_text()) for p in (
         params.paths.eval_metrics, params.paths.eval_ci, params.paths.judge_metrics))
     metrics, names = model_metrics(get_task(params.task)), models(1)
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, words, cap in (("short (~25 words)", 25, params.report.page_max_mb),
                                   ("long (~200 words, ~1,200 characters)", 200, 1e9),
@@ -57,8 +60,12 @@ def main() -> None:
             start = time.perf_counter()
             data = page_data(ev, cis, judge, [], rows, metrics, names, "generated", cap)
             size = write_page(Path(tmp) / "report.html", data, "bench")
+            seconds = time.perf_counter() - start
             print(f"{args.pairs:,} pairs, {label}: {size / 1e6:6.1f} MB, {len(data['pairs']):,} pairs shown, "
-                  f"built in {time.perf_counter() - start:.1f} s" + (f" (cap {cap:g} MB)" if cap < 1e9 else ""))
+                  f"built in {seconds:.1f} s" + (f" (cap {cap:g} MB)" if cap < 1e9 else ""))
+            runs.append({"answers": label, "cap_mb": cap if cap < 1e9 else None, "mb": round(size / 1e6, 2),
+                         "pairs_shown": len(data["pairs"]), "seconds": round(seconds, 2)})
+    write_result(args.json, "report_page", {"pairs": args.pairs, "runs": runs})
 
 
 if __name__ == "__main__":

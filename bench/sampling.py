@@ -22,6 +22,7 @@ from dpo_pipeline.config import load_params  # noqa: E402
 from dpo_pipeline.files import read_jsonl  # noqa: E402
 from dpo_pipeline.models.generation import generate  # noqa: E402
 from dpo_pipeline.models.loading import load_sft, load_tokenizer  # noqa: E402
+from result import add_json_arg, write_result  # noqa: E402
 
 
 def timed(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int) -> tuple[list[dict], float]:
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    add_json_arg(ap)
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
     prompts = [r["prompt"] for r in read_jsonl(ROOT / params.task_files.prompts, required=("prompt",))][:args.n]
@@ -49,6 +51,11 @@ def main() -> None:
     print(f"batched (batch size {args.batch_size}): {tokens[0] / t_batched:8.1f} tokens/s ({t_batched:.2f} s)")
     print(f"one prompt at a time:       {tokens[1] / t_single:8.1f} tokens/s ({t_single:.2f} s)")
     print(f"ratio: {(tokens[0] / t_batched) / (tokens[1] / t_single):.1f}x; identical outputs: {same}/{args.n}")
+    write_result(args.json, "sampling", {
+        "prompts": len(prompts), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+        "batched_tokens_per_s": round(tokens[0] / t_batched, 1), "batched_seconds": round(t_batched, 2),
+        "single_tokens_per_s": round(tokens[1] / t_single, 1), "single_seconds": round(t_single, 2),
+        "ratio": round((tokens[0] / t_batched) / (tokens[1] / t_single), 2), "identical": same})
 
 
 if __name__ == "__main__":

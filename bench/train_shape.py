@@ -18,14 +18,13 @@ into.
 
 Prints, for each: seconds per step after `--warmup` steps, tokens/s (prompt+chosen and prompt+rejected,
 unpadded), and peak memory (GPU: torch.cuda.max_memory_allocated, reset between the two; CPU: the
-process's peak RSS so far, so the second row includes the first), and the ratio of the two. `--out FILE`
+process's peak RSS so far, so the second row includes the first), and the ratio of the two. `--json PATH`
 also writes them as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import sys
@@ -38,11 +37,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, TrainerC
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dpo_pipeline.models.loading import device, tokenizer_from, use_bf16  # noqa: E402
+from dpo_pipeline.models.device import device, use_bf16  # noqa: E402
+from dpo_pipeline.models.loading import tokenizer_from  # noqa: E402
 from dpo_pipeline.models.lora import lora_config  # noqa: E402
 from dpo_pipeline.models.tiny import build_tokenizer  # noqa: E402
 from dpo_pipeline.models.training import common_args  # noqa: E402
 from dpo_pipeline.tasks import incident_triage  # noqa: E402
+from result import add_json_arg, write_result  # noqa: E402
 
 SHAPES = {
     "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -127,7 +128,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--model", type=Path, help="a model folder to load instead of a random shape")
-    parser.add_argument("--out", type=Path)
+    add_json_arg(parser)
     args = parser.parse_args()
     if args.pairs < args.batch_size * (args.warmup + args.steps):
         parser.error("--pairs must cover (warmup + steps) batches: one epoch, no pair seen twice")
@@ -155,10 +156,10 @@ def main() -> None:
         print(f"{name:28} {r['seconds_per_step']:8.3f} {r['tokens_per_s']:10.1f} {r['peak_memory_mib']:9d}")
     ratio = results["precompute_ref_log_probs"]["tokens_per_s"] / results["per-step reference"]["tokens_per_s"]
     print(f"precompute / per-step tokens/s: {ratio:.2f}x")
-    if args.out:
-        args.out.write_text(json.dumps({"shape": args.shape, "device": where, "args": {k: str(v) for k, v in
-                                         vars(args).items()}, "results": results, "ratio": round(ratio, 3)},
-                                       indent=2) + "\n")
+    write_result(args.json, "train_shape", {
+        "shape": args.shape, "parameters_m": round(n_params / 1e6, 1), "device": where,
+        "dtype": "bf16" if use_bf16() else "float32", "args": {k: str(v) for k, v in vars(args).items()},
+        "runs": results, "ratio": round(ratio, 3)})
 
 
 if __name__ == "__main__":

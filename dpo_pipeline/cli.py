@@ -14,7 +14,6 @@ import resource
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -37,8 +36,6 @@ def run(main: Callable[..., None], parser: argparse.ArgumentParser | None = None
     `parser` parses the command line first, so `--help` and a bad flag never read params.yaml; main takes
     the parsed arguments as `args` if it has that parameter. A stage every round of iterative DPO runs takes
     `round_num` too, from `--round K` (1 without it)."""
-    # The libraries' deprecation chatter is for their maintainers, not for someone reading a dvc repro log.
-    warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     wanted = inspect.signature(main).parameters
     kwargs = {"args": parser.parse_args(sys.argv[1:])} if parser is not None and "args" in wanted else {}

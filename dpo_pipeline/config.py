@@ -36,6 +36,7 @@ class Paths(Section):
     """Where stages read and write. dvc.yaml uses the same values through ${paths.*}."""
 
     data: str  # the task's files are in <data>/<task.name>/ (see TaskFiles)
+    code: str  # stage code: <code>/<stage>.txt, what each stage runs (dpo_pipeline/fingerprint.py)
     sft_data: str    # the task's SFT pairs as stage sft_data found them (none when the task has no sft.jsonl)
     base_model: str
     sft_model: str
@@ -54,15 +55,6 @@ class Paths(Section):
     reports: str  # a folder: report.md, training_curves.png, eval_bars.png
     seeds: str    # python -m tools.seeds: DPO's gain across training seeds (git-tracked; the report reads it)
     rounds: str   # iterative DPO: round k > 1 writes its samples, pairs, adapter and metrics in <rounds>/<k>/
-
-
-class DataParams(Section):
-    """The generator of the shipped task data (python -m tools.make_data)."""
-
-    seed: int
-    n_sft: int = Field(gt=0)
-    n_prompts: int = Field(gt=0)
-    n_eval: int = Field(gt=0)
 
 
 class TinyModel(Section):
@@ -137,8 +129,7 @@ class SftParams(Lora):
 
 class SampleParams(Section):
     max_prompts: int | None = Field(gt=0)  # sample the first N prompts of prompts.jsonl (null: all)
-    num_candidates: int = Field(ge=2)
-    temperatures: list[float]  # one per candidate
+    temperatures: list[float]  # one per candidate: their number is the number of candidates
     top_k: int = Field(ge=0)  # 0: the whole vocabulary
     top_p: float = Field(gt=0, le=1)
     max_new_tokens: int = Field(gt=0)
@@ -148,16 +139,13 @@ class SampleParams(Section):
     @field_validator("temperatures")
     @classmethod
     def positive(cls, v: list[float]) -> list[float]:
-        if not v or min(v) <= 0:
-            raise ValueError("temperatures must be > 0 (one per candidate, e.g. [0.7, 1.2])")
+        if len(v) < 2 or min(v) <= 0:
+            raise ValueError("give one temperature > 0 per candidate, at least two (e.g. [0.7, 1.2])")
         return v
 
-    @model_validator(mode="after")
-    def one_per_candidate(self) -> "SampleParams":
-        if len(self.temperatures) != self.num_candidates:
-            raise ValueError(f"give one temperature per candidate: {len(self.temperatures)} temperatures for "
-                             f"num_candidates {self.num_candidates}")
-        return self
+    @property
+    def num_candidates(self) -> int:
+        return len(self.temperatures)
 
 
 class GenerationParams(Section):
@@ -306,12 +294,6 @@ class ReportParams(Section):
     page_max_mb: float = Field(gt=0)        # reports/report.html's size budget: pairs past it are left out
 
 
-class GateParams(Section):
-    rate_band: float = Field(gt=0)
-    score_band: float = Field(gt=0)  # the judge's 1-5 scores
-    min_ci_low: float = Field(ge=0, lt=1)
-
-
 BUILTIN_TASKS = "dpo_pipeline/tasks"  # the builtin tasks' modules: <BUILTIN_TASKS>/<name>.py
 
 
@@ -344,7 +326,6 @@ class Params(Section):
     seed: int
     task: TaskParams
     paths: Paths
-    data: DataParams
     model: ModelParams
     sft: SftParams
     sample: SampleParams
@@ -356,7 +337,6 @@ class Params(Section):
     iterate: IterateParams
     eval: EvalParams
     report: ReportParams
-    gate: GateParams
 
     @model_validator(mode="after")
     def one_engine_process(self) -> "Params":

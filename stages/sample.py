@@ -1,4 +1,4 @@
-"""Sample `sample.num_candidates` responses per prompt from the SFT model, one at each of `sample.temperatures`.
+"""Sample one response per prompt from the SFT model at each of `sample.temperatures`.
 
     python -m stages.sample         (run by `dvc repro` as stage `sample`)
     python -m stages.sample --round 2   (stage sample_r2 of iterative DPO: from round 1's policy)

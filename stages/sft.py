@@ -26,8 +26,9 @@ from dpo_pipeline.files import atomic_path, sft_pairs
 
 def use_existing(params: Params) -> dict:
     """Resolve model.sft, check it fits model.base, and say what it is."""
-    from dpo_pipeline.models.loading import load_base, resolve
+    from dpo_pipeline.models.loading import load_base
 
+    from dpo_pipeline.models.manifest import resolve
     name = params.model.sft
     info = resolve("model.sft", name)
     folder = Path(info["path"])
@@ -51,7 +52,7 @@ def main(params: Params) -> None:
     paths, cfg = params.paths, params.sft
     start = time.time()
     if params.model.sft is not None:
-        from dpo_pipeline.models.loading import write_manifest
+        from dpo_pipeline.models.manifest import write_manifest
 
         info = use_existing(params)
         with atomic_path(paths.sft_model) as out:

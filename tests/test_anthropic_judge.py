@@ -376,7 +376,7 @@ def test_the_dry_run_counts_one_call_per_candidate_beyond_two(tmp_path):
     """python -m tools.estimate sends nothing and shows what best-vs-worst over 3 candidates costs."""
     work = stage_dir(tmp_path, "http://127.0.0.1:9")  # a closed port: any request would fail loudly
     raw = yaml.safe_load((work / "params.yaml").read_text())
-    raw["sample"].update(num_candidates=3, temperatures=[0.7, 1.0, 1.3])
+    raw["sample"].update(temperatures=[0.7, 1.0, 1.3])
     (work / "params.yaml").write_text(yaml.safe_dump(raw))
     rows = [{**r, "responses": r["responses"] + [{"text": f"third {i}", "temperature": 1.3, "tokens": 2}]}
             for i, r in enumerate(samples(30))]

@@ -37,10 +37,9 @@ def edited(root, tmp_path, edit) -> str:
     (lambda r: r["train"].update(beta=0), "train.beta: Input should be greater than 0"),
     (lambda r: r["train"].update(beta="high"), "train.beta: Input should be a valid number"),
     (lambda r: r["judge"].update(backend="gpt"), "judge.backend: Input should be 'rubric'"),
-    (lambda r: r["sample"].update(temperatures=[0.7]), "one temperature per candidate: 1 temperatures for "
-                                                        "num_candidates 2"),
-    (lambda r: r["sample"].update(num_candidates=1, temperatures=[1.0]), "sample.num_candidates: Input should be "
-                                                                          "greater than or equal to 2"),
+    (lambda r: r["sample"].update(temperatures=[0.7]), "sample.temperatures: Value error, give one temperature > 0 "
+                                                        "per candidate, at least two"),
+    (lambda r: r["sample"].update(num_candidates=2), "sample.num_candidates: unknown key"),
     (lambda r: r["train"].update(loss_type="dpo"), "train.loss_type: Input should be 'sigmoid'"),
     (lambda r: r["train"].update(loss_type="exo_pair"), "exo_pair needs label_smoothing > 0"),
     (lambda r: r["train"].update(loss_type="robust", label_smoothing=0.5), "robust needs label_smoothing in"),
@@ -53,7 +52,7 @@ def edited(root, tmp_path, edit) -> str:
     (lambda r: r["task"].update(name="number_summary"), "task: Value error, dpo_pipeline/tasks/incident_triage.py "
                                                        "is the builtin task 'incident_triage' but task.name is "
                                                        "'number_summary'"),
-    (lambda r: r["sample"].update(temperatures=[0.0, 1.0]), "temperatures must be > 0"),
+    (lambda r: r["sample"].update(temperatures=[0.0, 1.0]), "give one temperature > 0 per candidate"),
     (lambda r: r["model"].update(base="builtin:huge"), "unknown builtin model 'builtin:huge'; the builtins are "
                                                        "builtin:tiny, builtin:smollm2-135m"),
     (lambda r: r["sft"].update(max_rows=0), "sft.max_rows: Input should be greater than 0"),
@@ -71,6 +70,9 @@ def edited(root, tmp_path, edit) -> str:
     (lambda r: r["judge"].pop("requests_per_minute"), "judge.requests_per_minute: missing key"),
     (lambda r: r.pop("eval"), "eval: missing key"),
     (lambda r: r.update(extra_section={}), "extra_section: unknown key"),
+    # the generator's and the gate's settings are tools.make_data's and tools.gate's flags, not params
+    (lambda r: r.update(data={"seed": 0, "n_sft": 4000, "n_prompts": 1000, "n_eval": 300}), "data: unknown key"),
+    (lambda r: r.update(gate={"rate_band": 0.03, "score_band": 0.13, "min_ci_low": 0.5}), "gate: unknown key"),
 ])
 def test_bad_params_name_the_key(root, tmp_path, edit, message):
     with pytest.raises(UserError) as e:
@@ -83,7 +85,7 @@ def test_bad_params_name_the_key(root, tmp_path, edit, message):
     lambda r: r["train"].update(loss_type="robust", label_smoothing=0.1),
     lambda r: r["train"].update(loss_type="exo_pair", label_smoothing=1e-3),
     lambda r: r["train"].update(loss_type="ipo"),
-    lambda r: r["sample"].update(num_candidates=4, temperatures=[0.5, 0.8, 1.0, 1.3]),
+    lambda r: r["sample"].update(temperatures=[0.5, 0.8, 1.0, 1.3]),
     lambda r: r["model"].update(lora_target_modules=["q_proj", "v_proj"], sft="adapters/my-sft"),
     lambda r: r["preferences"].update(source="hf:HuggingFaceH4/ultrafeedback_binarized", max_pairs=2000),
     lambda r: r["judge"].update(requests_per_minute=4000, input_tokens_per_minute=2_000_000, batch_max_requests=5),

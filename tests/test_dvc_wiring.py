@@ -15,14 +15,10 @@ import pytest
 import yaml
 
 from dpo_pipeline.config import RUNTIME, EvalParams, GenerationParams, JudgeParams, Params, SampleParams
+from dpo_pipeline.fingerprint import fingerprint, stage_files, stages
 from tools.rounds import render
 
-# Plumbing every stage imports that cannot change a stage's outputs (validation, file I/O, error printing);
-# listing them would re-run the whole pipeline for a reworded error message. The rooms' __init__ files hold
-# only a docstring (tests/test_layout.py checks), so importing a room's module costs no dependency on them.
-PLUMBING = {"dpo_pipeline", "dpo_pipeline.cli", "dpo_pipeline.config", "dpo_pipeline.errors", "dpo_pipeline.files",
-            "dpo_pipeline.models", "dpo_pipeline.judging", "dpo_pipeline.evaluation", "dpo_pipeline.reporting"}
-STAGES = ["sft_data", "prepare", "sft", "sample", "judge", "train", "eval_baselines", "eval", "report"]
+STAGES = ["code", "sft_data", "prepare", "sft", "sample", "judge", "train", "eval_baselines", "eval", "report"]
 TASK_MODULE = "${task.module}"
 # The sections with run-time keys (config.RUNTIME): a stage lists their other keys one by one, not the section.
 SECTIONS = {"judge": JudgeParams, "sample": SampleParams, "eval": EvalParams, "generation": GenerationParams}
@@ -59,44 +55,46 @@ def test_every_param_named_in_dvc_yaml_exists(dvc_yaml, params):
     assert not missing
 
 
-def module_file(module: str, root: Path) -> Path:
-    rel = Path(*module.split("."))
-    return rel.with_suffix(".py") if (root / rel.with_suffix(".py")).exists() else rel / "__init__.py"
-
-
-def library_imports(module: str, root: Path, seen: set[str] | None = None) -> set[str]:
-    """The dpo_pipeline modules `module` imports, transitively (imports inside functions included: they run
-    when the stage takes that path)."""
-    seen = set() if seen is None else seen
-    for node in ast.walk(ast.parse((root / module_file(module, root)).read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:  # `from a.b import c`: a.b, and a.b.c if a module
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        else:
-            continue
-        for name in names:
-            if name.split(".")[0] == "dpo_pipeline" and (root / module_file(name, root)).exists() and name not in seen:
-                seen.add(name)
-                library_imports(name, root, seen)
-    return seen
-
-
-def needed_deps(stage: str, root: Path) -> set[str]:
-    """What a stage must depend on: its own file, each library module it imports, and the selected task's
-    module when it uses the task (the task is loaded by path, so no import names it)."""
-    modules = library_imports(f"stages.{stage}", root) - PLUMBING
-    return {f"stages/{stage}.py"} | {str(module_file(m, root)) for m in modules} | (
-        {TASK_MODULE} if "dpo_pipeline.tasks" in modules else set())
-
-
-def test_every_stage_depends_on_exactly_the_code_it_runs(dvc_yaml, root):
+def test_each_stage_depends_on_its_code_file_and_on_no_source_file(dvc_yaml, root):
+    """Stage code depends on all the code; every other stage on its fingerprint file only, which lists the
+    code it runs."""
+    code = dvc_yaml["stages"]["code"]
+    assert (code["deps"], code["params"], code["outs"]) == (["stages", "dpo_pipeline", TASK_MODULE], ["task.module"],
+                                                           [{"${paths.code}": {"cache": False}}])
+    assert stages(root) == sorted(STAGES[1:])
     for name, stage in dvc_yaml["stages"].items():
         assert stage["cmd"] == f"python -m stages.{name}"
-        code = {d for d in stage["deps"] if d.endswith(".py") or d == TASK_MODULE}
-        needed = needed_deps(name, root)
-        assert needed <= code, f"stage {name} lacks deps {needed - code}"
-        assert code <= needed, f"stage {name} depends on code it does not run: {code - needed}"
+        if name != "code":
+            source = [d for d in stage["deps"] if d.endswith(".py") or "paths.code" in d or d.startswith(
+                ("stages", "dpo_pipeline", TASK_MODULE))]
+            assert source == [f"${{paths.code}}/{name}.txt"], name
+
+
+def test_a_stage_fingerprint_lists_the_code_it_runs_and_no_plumbing(root):
+    files = {s: set(stage_files(s, root, "my_task.py")) for s in STAGES[1:]}
+    assert {"stages/train.py", "dpo_pipeline/models/dpo.py", "dpo_pipeline/models/kl.py",
+            "dpo_pipeline/models/loading.py"} <= files["train"]
+    assert {"dpo_pipeline/judging/claude.py", "dpo_pipeline/tasks/__init__.py", "my_task.py"} <= files["judge"]
+    assert not [f for f in files["judge"] if f.startswith("dpo_pipeline/models/")]  # judging loads no model
+    assert "dpo_pipeline/reporting/page.html" in files["report"]  # a template counts, byte for byte
+    assert "my_task.py" not in files["train"] | files["sample"]
+    # the tiny model's pre-training does not depend on how models are loaded, rounds or eval's machine record
+    assert not files["prepare"] & {"dpo_pipeline/models/loading.py", "dpo_pipeline/rounds.py",
+                                   "dpo_pipeline/evaluation/machine.py"}
+    plumbing = {f"dpo_pipeline/{m}.py" for m in ("cli", "config", "errors", "files", "fingerprint")}
+    assert not plumbing & set().union(*files.values())
+
+
+def test_only_code_changes_count_not_comments_docstrings_or_layout(tmp_path):
+    from dpo_pipeline.fingerprint import code_hash
+
+    f = tmp_path / "m.py"
+    f.write_text('"""Doc."""\nimport os\n\n\ndef g(x):\n    """Doc."""\n    return x * 2  # twice\n')
+    before = code_hash(f)
+    f.write_text('"""Another doc."""\nimport os\n\ndef g(x):\n    # a comment\n    return (x *\n            2)\n')
+    assert code_hash(f) == before
+    f.write_text('"""Doc."""\nimport os\n\n\ndef g(x):\n    """Doc."""\n    return x * 3\n')
+    assert code_hash(f) != before
 
 
 def dvc_status(repo: Path) -> dict:
@@ -106,18 +104,25 @@ def dvc_status(repo: Path) -> dict:
     return json.loads(proc.stdout)
 
 
-def dvc_status_after_touching(repo: Path, files: list[str]) -> dict[str, set[str]]:
-    """Append a comment to each of `files`, then ask `dvc status` which stages it finds changed, per file."""
-    for f in files:
-        with (repo / f).open("a") as fh:
-            fh.write("# touched\n")
-    touched: dict[str, set[str]] = {f: set() for f in files}
-    for stage, changes in dvc_status(repo).items():
-        for change in changes:
-            for path in (change.get("changed deps") or {}) if isinstance(change, dict) else ():
-                if path in touched:
-                    touched[path].add(stage.split(":")[-1])
-    return touched
+def changed_stages(repo: Path) -> set[str]:
+    """The stages `dvc status` finds with changed code: stage code's sources, another stage's fingerprint file
+    (a copy of the repository has no outputs: missing ones are not changes)."""
+    def code(stage: str, path: str) -> bool:
+        return stage == "code" or path.startswith("artifacts/code/")
+    return {stage.split(":")[-1] for stage, changes in dvc_status(repo).items() for c in changes
+            if isinstance(c, dict) and any(code(stage, p) for p in c.get("changed deps") or {})}
+
+
+def stages_after_editing(repo: Path, path: str, edit) -> set[str]:
+    """Edit one file of the copy, run stage code as `dvc repro` would, and ask which stages would re-run."""
+    original = (repo / path).read_text()
+    (repo / path).write_text(edit(original))
+    try:
+        subprocess.run([sys.executable, "-m", "stages.code"], cwd=repo, check=True, capture_output=True)
+        return changed_stages(repo) - {"code"}
+    finally:
+        (repo / path).write_text(original)
+        subprocess.run([sys.executable, "-m", "stages.code"], cwd=repo, check=True, capture_output=True)
 
 
 def copy_repo(root: Path, dest: Path) -> None:
@@ -130,24 +135,30 @@ def copy_repo(root: Path, dest: Path) -> None:
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
 
 
-def test_touching_a_library_module_reruns_only_the_stages_that_use_it(root, tmp_path, params):
-    """In a copy of the repository with the committed dvc.lock, edit every library module (and both task
-    modules) and see which stages `dvc status` calls changed: exactly those that import it."""
+def test_a_code_change_reruns_the_stages_that_run_it_and_a_comment_reruns_none(root, tmp_path):
+    """In a copy of the repository with the committed dvc.lock: a comment or a docstring anywhere re-runs no
+    stage; a line of code re-runs exactly the stages that run the file it is in."""
     copy_repo(root, tmp_path)
-    library = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "dpo_pipeline").rglob("*.py"))
-    seen = dvc_status_after_touching(tmp_path, library)
-    selected = params["task"]["module"]
-    expected = {f: {s for s in STAGES if f in needed_deps(s, root) or
-                    (f == selected and TASK_MODULE in needed_deps(s, root))} for f in library}
-    assert seen == expected
-    # Spelled out for the modules a user is most likely to edit:
-    assert seen["dpo_pipeline/models/kl.py"] == {"train", "eval"}
-    assert seen["dpo_pipeline/models/dpo.py"] == {"train"}
-    assert seen["dpo_pipeline/judging/claude.py"] == {"judge", "eval"}
-    assert seen["dpo_pipeline/evaluation/schema.py"] == {"eval", "report"}
-    assert seen["dpo_pipeline/tasks/incident_triage.py"] == {"prepare", "judge", "eval", "report"}
-    assert seen["dpo_pipeline/tasks/number_summary.py"] == set()  # not the selected task
-    assert seen["dpo_pipeline/config.py"] == set()                # plumbing
+    subprocess.run([sys.executable, "-m", "stages.code"], cwd=tmp_path, check=True, capture_output=True)
+    assert changed_stages(tmp_path) <= {"code"}  # the committed lock is current
+    comment = lambda text: text + "# a comment\n"  # noqa: E731
+    docstring = lambda text: text.replace('"""', '"""Reworded. ', 1)  # noqa: E731
+    code = lambda text: text + "_EDITED = 1\n"  # noqa: E731
+    for path in [str(p.relative_to(tmp_path)) for p in sorted((tmp_path / "dpo_pipeline").rglob("*.py"))]:
+        (tmp_path / path).write_text(docstring(comment((tmp_path / path).read_text())))
+    assert stages_after_editing(tmp_path, "stages/train.py", comment) == set()
+    expected = {"dpo_pipeline/models/kl.py": {"train", "eval"},
+                "dpo_pipeline/models/dpo.py": {"train"},
+                "dpo_pipeline/models/loading.py": {"sft", "sample", "train", "eval_baselines", "eval"},
+                "dpo_pipeline/evaluation/machine.py": {"eval"},
+                "dpo_pipeline/judging/claude.py": {"judge", "eval"},
+                "dpo_pipeline/evaluation/schema.py": {"eval", "report"},
+                "dpo_pipeline/tasks/incident_triage.py": {"prepare", "judge", "eval", "report"},
+                "dpo_pipeline/tasks/number_summary.py": set(),  # not the selected task
+                "dpo_pipeline/config.py": set()}                # plumbing
+    for path, stages_ in expected.items():
+        assert stages_after_editing(tmp_path, path, code) == stages_, path
+    assert stages_after_editing(tmp_path, "dpo_pipeline/reporting/page.html", comment) == {"report"}
 
 
 def test_sampling_and_judging_do_not_depend_on_training_params(dvc_yaml):
@@ -180,15 +191,23 @@ def test_committed_lock_matches_the_code(root):
     is, or `dvc status` on a fresh clone reports stages changed that nobody touched."""
     import hashlib
 
+    task_module = yaml.safe_load((root / "params.yaml").read_text())["task"]["module"]
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     stale = []
     for name, stage in lock["stages"].items():
         for dep in stage["deps"]:
             path = root / dep["path"]
-            if dep["path"].startswith(("stages/", "dpo_pipeline/", "data/")) and path.is_file():
-                if hashlib.md5(path.read_bytes()).hexdigest() != dep["md5"]:
-                    stale.append(f"{name}: {dep['path']}")
-    assert not stale, f"run `dvc repro` and commit dvc.lock; stale: {stale}"
+            if dep["path"].startswith("artifacts/code/"):
+                data = fingerprint(Path(dep["path"]).stem, root, task_module).encode()
+            elif dep["path"].startswith("data/") and path.is_file():
+                data = path.read_bytes()
+            else:
+                continue
+            if hashlib.md5(data).hexdigest() != dep["md5"]:
+                stale.append(f"{name}: {dep['path']}")
+    assert not stale, f"the code a stage runs changed: run `dvc repro` and commit dvc.lock; stale: {stale}"
+    # and the code as stage code last saw it: else a fresh clone's `dvc status` shows stage code changed
+    assert "code" not in changed_stages(root), "run `dvc repro` (only stage code runs: seconds), commit dvc.lock"
 
 
 # --- run-time settings (config.RUNTIME) re-run nothing; every other key re-runs the stages that read it ---------
@@ -213,7 +232,7 @@ def listed(stage: dict) -> dict[str, set[str]]:
 def names_in_code(stage: str, key: str, root: Path) -> bool:
     """Whether the stage's code (its file and the library modules it imports) reads `.<field>` of `key`."""
     field = re.compile(rf"\.{re.escape(key.split('.', 1)[1])}\b")
-    return any(field.search((root / f).read_text()) for f in needed_deps(stage, root) if f != TASK_MODULE)
+    return any(field.search((root / f).read_text()) for f in stage_files(stage, root, "") if f)
 
 
 def test_runtime_keys_are_keys():

@@ -13,7 +13,8 @@ import yaml
 
 from dpo_pipeline.chat import assistant, user
 from dpo_pipeline.errors import UserError
-from dpo_pipeline.models.loading import model_folder, resolve, tokenizer_from
+from dpo_pipeline.models.loading import tokenizer_from
+from dpo_pipeline.models.manifest import model_folder, resolve
 from dpo_pipeline.models.lora import lora_config
 from tests.helpers import run_stage, save_adapter_for, save_tiny
 

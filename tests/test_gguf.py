@@ -82,7 +82,8 @@ def test_the_real_wheel_model_converts_trains_one_step_and_generates(tmp_path):
 
     from dpo_pipeline.config import load_params
     from dpo_pipeline.models.generation import generate
-    from dpo_pipeline.models.loading import load_base, load_tokenizer, model_folder
+    from dpo_pipeline.models.loading import load_base, load_tokenizer
+    from dpo_pipeline.models.manifest import model_folder
     from dpo_pipeline.models.lora import lora_config
     from dpo_pipeline.models.training import common_args
     from stages import prepare

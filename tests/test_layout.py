@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = {"sft_data", "prepare", "sft", "sample", "judge", "train", "eval_baselines", "eval", "report"}
+STAGES = {"code", "sft_data", "prepare", "sft", "sample", "judge", "train", "eval_baselines", "eval", "report"}
 ROOMS = ("models", "judging", "evaluation", "reporting")
 
 

@@ -105,7 +105,11 @@ def test_kl_of_a_fresh_adapter_is_zero_and_grows_when_it_changes(micro):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from dpo_pipeline.models.kl import sequence_kl
+    from dpo_pipeline.models.kl import kl_summary, log_ratios
+
+    def sequence_kl(model, tok, prompts, max_new_tokens, seed, reference=None):
+        return kl_summary(log_ratios(model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed,
+                                     reference=reference), 1000, seed)
 
     path, _ = micro
     tok = load_tokenizer(str(path))
@@ -202,31 +206,8 @@ def test_micro_batches_take_each_step_the_examples_of_one_padded_batch(tmp_path)
         cut, cut_padded = steps(seeded_batches(Trainer), seed, epoch, 4)
         assert len(whole) == 6 and cut == whole, (seed, epoch)
         assert cut_padded < 0.8 * padded
-    assert steps(Trainer, 7, 0, 4)[0] != steps(Trainer, 7, 0, 1)[0]  # without the mend: seed 42's batches
-
-
-def test_training_curves_build_no_studio_payload_when_studio_is_off(tmp_path, monkeypatch):
-    """dvclive reads the run's params and every curve back at each step to build Studio's payload, then drops
-    it when Studio is not configured; the train stage's Live builds none and writes the same curve files."""
-    from dvclive import Live
-
-    from dpo_pipeline.models.dpo import live_run
-
-    for key in ("DVC_STUDIO_TOKEN", "STUDIO_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
-    built = []
-    monkeypatch.setattr(Live, "_get_live_data", lambda self: built.append(type(self).__name__) or {})
-    runs = {"ours": live_run, "dvclive": lambda folder: Live(dir=folder, dvcyaml=None, save_dvc_exp=False)}
-    for name, make in runs.items():
-        live = make(str(tmp_path / name))
-        for step in range(3):
-            live.step = 2 * step
-            live.log_metric("loss", 1 / (step + 1))
-            live.next_step()
-        live.end()
-    assert built and set(built) == {"Live"}  # dvclive's own built it at every step; ours never did
-    curves = {name: (tmp_path / name / "plots" / "metrics" / "loss.tsv").read_text() for name in runs}
-    assert curves["ours"] == curves["dvclive"] and curves["ours"].count("\n") == 4, curves
+    # transformers still seeds its sampler with 42: the day this fails, it seeds it itself; drop seeded_batches
+    assert steps(Trainer, 7, 0, 4)[0] != steps(Trainer, 7, 0, 1)[0]
 
 
 def test_progress_shows_count_elapsed_rate_and_eta(monkeypatch):

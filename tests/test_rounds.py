@@ -47,8 +47,8 @@ def test_the_committed_dvc_yaml_matches_params_rounds():
 
 def test_one_round_is_the_plain_pipeline():
     assert edges(render(DVC_YAML, 1)) == ONE_ROUND
-    assert set(yaml.safe_load(render(DVC_YAML, 1))["stages"]) == {"sft_data", "prepare", "sft", "sample", "judge",
-                                                                  "train", "eval_baselines", "eval", "report"}
+    assert set(yaml.safe_load(render(DVC_YAML, 1))["stages"]) == {"code", "sft_data", "prepare", "sft", "sample",
+                                                                  "judge", "train", "eval_baselines", "eval", "report"}
 
 
 def test_round_k_depends_on_the_rounds_before_it_only():

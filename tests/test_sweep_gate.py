@@ -9,10 +9,9 @@ import subprocess
 
 import pytest
 
-from dpo_pipeline.config import GateParams
 from dpo_pipeline.evaluation.schema import model_metrics
 from dpo_pipeline.tasks import incident_triage
-from tools.gate import problems
+from tools.gate import GateParams, problems
 from tools import sweep
 from tools.sweep import kl_trend, rows_from
 

@@ -11,6 +11,7 @@ from dpo_pipeline.config import load_params
 from dpo_pipeline.files import read_jsonl
 from dpo_pipeline.tasks import get_task
 from dpo_pipeline.tasks import incident_triage as t
+from tools import make_data
 
 
 def incident(**kw) -> t.Incident:
@@ -84,8 +85,7 @@ def shipped(request):
 
 def test_shipped_data_is_what_the_generator_writes(shipped):
     params, data = shipped
-    d = params.data
-    assert get_task(params.task).generate(d.seed, d.n_sft, d.n_prompts, d.n_eval) == data
+    assert get_task(params.task).generate(**make_data.DEFAULTS) == data
 
 
 def test_no_prompt_in_two_splits(shipped):

@@ -54,7 +54,9 @@ BAD = [("estimate", "--no-such-flag"), ("estimate", "extra"), ("gate", "--no-suc
        ("make_data", "--no-such-flag"), ("make_data", "extra"), ("pr_report", "--no-such-flag", "HEAD"),
        ("pr_report",), ("pr_report", "HEAD", "--plots"), ("rounds", "--no-such-flag"), ("rounds", "0"),
        ("rounds", "two"), ("seeds", "--no-such-flag"), ("seeds", "x"), ("seeds", "1", "--no-such-flag"),
-       ("sweep", "--no-such-flag"), ("sweep", "extra")]
+       ("sweep", "--no-such-flag"), ("sweep", "extra"), ("make_data", "--n-sft", "0"), ("make_data", "--n-eval", "x"),
+       ("make_data", "--seed", "1.5"), ("gate", "--rate-band", "0"), ("gate", "--score-band", "-1"),
+       ("gate", "--min-ci-low", "1")]
 
 
 @pytest.mark.parametrize("args", BAD, ids=[" ".join(a) for a in BAD])

@@ -27,6 +27,7 @@ from dpo_pipeline.evaluation.schema import model_metrics
 from dpo_pipeline.files import read_jsonl, write_json, write_text
 from dpo_pipeline.reporting.revisions import output_file
 from dpo_pipeline.tasks import get_task
+from tools import gate
 
 
 def sh(*cmd: str) -> str:
@@ -83,7 +84,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
     print(seeds.markdown(result, metrics))
     bands = seeds.gate_bands(result, metrics)
     print(f"seeds: 3 sd across seeds of SFT+DPO's values: rates {bands['rate_band']}, scores {bands['score_band']} "
-          f"(params.yaml gate: rate_band {params.gate.rate_band}, score_band {params.gate.score_band})")
+          f"(python -m tools.gate's defaults, not params.yaml: --rate-band {gate.DEFAULTS.rate_band}, "
+          f"--score-band {gate.DEFAULTS.score_band})")
     print(f"seeds: {paths.seeds} and {Path(paths.reports) / 'seeds.md'}; `dvc repro` updates the report's verdict")
 
 

@@ -24,8 +24,9 @@ from dpo_pipeline.config import Params, Paths
 from dpo_pipeline.errors import ServiceError, UserError
 from dpo_pipeline.models.generation import chat_prompts, prompt_seed
 from dpo_pipeline.models import vllm_worker
-from dpo_pipeline.models.loading import load_merged, load_tokenizer, model_folder
+from dpo_pipeline.models.loading import load_merged, load_tokenizer
 
+from dpo_pipeline.models.manifest import model_folder
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where the worker module resolves in the other env
 
 

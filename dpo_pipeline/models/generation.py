@@ -115,13 +115,12 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
              temperature: float, top_p: float, max_new_tokens: int, batch_size: int, seed: int, top_k: int = 0,
              label: str = "generating") -> list[dict]:
     """One response per prompt: {"text", "tokens"}, batched with left padding, each prompt seeded by itself."""
-    tokenizer.padding_side = "left"
     out: list[dict] = []
     with progress_bar("prompts") as progress:
         bar = progress.add_task(label, total=len(prompts))
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
-            enc = tokenizer(chat_prompts(tokenizer, batch), return_tensors="pt", padding=True,
+            enc = tokenizer(chat_prompts(tokenizer, batch), return_tensors="pt", padding=True, padding_side="left",
                             add_special_tokens=False).to(model.device)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=tokenizer.eos_token_id,

@@ -16,17 +16,6 @@ from dpo_pipeline.models.generation import chat_prompts, decoding
 BATCH_SIZE, BOOTSTRAP_SAMPLES = 64, 1000  # sequences a forward pass; resamples for the CI (eval passes its own)
 
 
-def sequence_kl(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max_new_tokens: int, seed: int,
-                batch_size: int = BATCH_SIZE, bootstrap_samples: int = BOOTSTRAP_SAMPLES, reference=None) -> dict:
-    """Monte-Carlo KL(policy || reference) for a PEFT model whose reference is the model with its adapter
-    disabled, or the model `reference` when given (a later DPO round against the SFT model): sample
-    y ~ policy(.|x) at temperature 1, sum log policy(y_t) - log reference(y_t) over y's tokens,
-    average over sequences ("kl"); "kl_per_token" divides by the tokens instead. One sequence a prompt is a
-    noisy estimate: "kl_ci_low" / "kl_ci_high" bound it (95% bootstrap over the sampled sequences)."""
-    return kl_summary(log_ratios(model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed,
-                                 batch_size=batch_size, reference=reference), bootstrap_samples, seed)
-
-
 @torch.no_grad()
 def log_ratios(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max_new_tokens: int, seed: int,
                batch_size: int = BATCH_SIZE, reference=None) -> list[tuple[float, int]]:
@@ -35,7 +24,6 @@ def log_ratios(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max_
     `parallel.map_batches`) gets the same values as in the whole list."""
     was_training = model.training
     model.eval()
-    tokenizer.padding_side = "left"
     out = [pair for start in range(0, len(prompts), batch_size)
            for pair in _log_ratio(model, tokenizer, prompts[start:start + batch_size], max_new_tokens, seed,
                                   reference)]
@@ -44,7 +32,8 @@ def log_ratios(model, tokenizer: PreTrainedTokenizerBase, prompts: list, *, max_
 
 
 def kl_summary(ratios: list[tuple[float, int]], bootstrap_samples: int, seed: int) -> dict:
-    """`sequence_kl`'s numbers from `log_ratios`' per-sequence values."""
+    """Monte-Carlo KL(policy || reference) from `log_ratios`' per-sequence values: the mean over sequences
+    ("kl"), over tokens ("kl_per_token"), and a 95% bootstrap CI over the sequences (one a prompt is noisy)."""
     per_sequence = [kl for kl, _ in ratios]
     total, tokens = float(np.sum(per_sequence)), sum(n for _, n in ratios)
     low, high = bootstrap_ci(per_sequence, bootstrap_samples, seed)
@@ -56,7 +45,8 @@ def _log_ratio(model, tokenizer, prompts: list, max_new_tokens: int, seed: int,
                reference=None) -> list[tuple[float, int]]:
     """Each sampled response's sum of log policy - log reference, and its number of tokens."""
     texts = chat_prompts(tokenizer, prompts)
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
+                    add_special_tokens=False).to(model.device)
     # y ~ policy exactly: temperature 1 over the whole vocabulary (generate's default top_k of 50 would bias
     # the estimate), each prompt's draws from its own stream (no global RNG touched: training's are left alone)
     seqs = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,

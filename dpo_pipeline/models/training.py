@@ -6,7 +6,7 @@ from __future__ import annotations
 from transformers import TrainerCallback
 from transformers.trainer_pt_utils import BatchRebalanceSampler
 
-from dpo_pipeline.models.loading import device, use_bf16
+from dpo_pipeline.models.device import device, use_bf16
 from dpo_pipeline.progress import progress as progress_bar
 
 
@@ -39,9 +39,13 @@ class _SeededBatches:
 
 
 def seeded_batches(trainer_class: type) -> type:
-    """`trainer_class` (Trainer, SFTTrainer) with one fix: transformers builds its batch_rebalance sampler with
-    seed 42 whatever the data seed is. Seeded with `data_seed`, it shuffles as the default sampler does, so
-    each step gets the examples one padded batch would (tests/test_models.py checks it)."""
+    """`trainer_class` (Trainer, SFTTrainer) with its batch_rebalance sampler seeded by `data_seed`, as the
+    default sampler is: each step gets the examples one padded batch would.
+
+    A shim, checked 2026-12-06 against transformers 5.x: `Trainer._get_train_sampler` builds
+    BatchRebalanceSampler without a seed, so it shuffles with its default 42 whatever the trainer's seed. It
+    overrides that private method; tests/test_models.py checks both that the mend works and that transformers
+    still needs it, and fails (drop this) the day transformers seeds the sampler itself."""
     return type(trainer_class.__name__, (_SeededBatches, trainer_class), {})
 
 

@@ -18,8 +18,6 @@ def header(names: tuple[str, ...] = MODELS) -> list[str]:
     return ["Metric", *(model_label(n) for n in names), f"Δ {last} over SFT"]
 
 
-HEADER = tuple(header())
-
 
 def table_rows(ev: dict, cis: dict, metrics: list[Metric], names: tuple[str, ...] = MODELS) -> list[list[str]]:
     """[metric, base, sft, dpo (, later rounds), delta] cells; per-prompt metrics with their 95% CI. The delta
