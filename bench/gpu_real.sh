@@ -9,7 +9,7 @@
 #
 # Why it bypasses DVC: the lent GPU machine this ran on has no network and no dvc wheel, so dvc cannot be
 # installed there. The script rewrites params.yaml itself and runs its own list of stages as
-# `python -m stages.<name>` (dvc.yaml's stages when it was written; it does not read dvc.yaml), each timed.
+# `python -m stages.<name>` (dvc.yaml's stages but `code`, which only tells DVC what to re-run), each timed.
 # Anywhere dvc installs, that is not the way: run `dvc exp run` with the same settings as -S flags (the
 # params.yaml edit below; Makefile's REAL has the CPU-sized ones), which runs dvc.yaml's stages, caches and
 # records the run. The machine has torch, transformers, peft and accelerate: the other wheels travel in .whl/
@@ -46,7 +46,7 @@ MEMLOG=$!
 # At most 8 files come back: everything else in one archive, made even when a step fails.
 trap 'kill $MEMLOG 2>/dev/null; tar czf "$OUT/results.tar.gz" metrics "$REPORTS" dvclive/train/plots \
   "$OUT/gpu.txt" "$OUT/gpu_memory.csv" 2>/dev/null || true' EXIT
-for stage in prepare sft sample judge train eval_baselines eval report; do
+for stage in sft_data prepare sft sample judge train eval_baselines eval report; do
   python3 - "$stage" <<'EOF' 2>&1 | tee -a "$OUT/stages.log"
 import json, subprocess, sys, time
 stage = sys.argv[1]
