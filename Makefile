@@ -9,11 +9,12 @@
 #              seeds table goes to reports/seeds.md and the report says how many seeds stand behind it
 # make rounds N=2 : iterative DPO on the defaults (round k samples from round k-1's policy) as the DVC
 #              experiment rounds-N; the workspace stays one round, the report goes to reports/rounds-N
-# make data  : regenerate the shipped data/ files from params.yaml's `data` section
+# make data  : regenerate the shipped data/ files (python -m tools.make_data --help: its settings)
 # make real  : the real run: SmolLM2-135M-Instruct through the whole pipeline on a CPU, as the DVC experiment
 #              `real-smollm2` (dvc exp show lists it beside the defaults); REAL_TASK=number_summary for the
 #              second task (experiment real-smollm2-number_summary); REAL_ROUNDS=2 for two rounds of
-#              iterative DPO (experiment real-smollm2-rounds2)
+#              iterative DPO (experiment real-smollm2-rounds2); REAL_ENGINE=vllm to sample and evaluate with
+#              vLLM (experiment real-smollm2-vllm)
 # What each target's results mean: README.md, and docs/ (one page per topic; times in docs/benchmarks.md).
 VENV   ?= .venv
 PYTHON ?= python3
@@ -93,18 +94,20 @@ seeds: install
 # model wants a far lower rate than the tiny model.
 REAL_TASK ?= incident_triage
 REAL_ROUNDS ?= 1
-REAL_NAME = real-smollm2$(if $(filter-out incident_triage,$(REAL_TASK)),-$(REAL_TASK))$(if $(filter-out 1,$(REAL_ROUNDS)),-rounds$(REAL_ROUNDS))
+REAL_ENGINE ?= transformers
+REAL_NAME = real-smollm2$(if $(filter-out incident_triage,$(REAL_TASK)),-$(REAL_TASK))$(if $(filter-out 1,$(REAL_ROUNDS)),-rounds$(REAL_ROUNDS))$(if $(filter vllm,$(REAL_ENGINE)),-vllm)
 REAL = -S model.base=builtin:smollm2-135m -S paths.reports=reports/$(REAL_NAME) \
        -S task.name=$(REAL_TASK) -S task.module=dpo_pipeline/tasks/$(REAL_TASK).py \
        -S sft.max_rows=256 -S sft.learning_rate=1e-3 -S sft.batch_size=8 \
        -S sample.max_prompts=144 -S sample.max_new_tokens=40 -S sample.batch_size=36 \
        -S train.learning_rate=3e-4 -S train.batch_size=8 -S train.epochs=1 -S train.precompute_ref_log_probs=true \
        -S train.logging_steps=2 -S train.eval_steps=4 -S train.kl_every=6 -S train.kl_prompts=16 -S train.kl_max_new_tokens=40 \
-       -S eval.max_prompts=64 -S eval.max_new_tokens=40 -S eval.batch_size=32
+       -S eval.max_prompts=64 -S eval.max_new_tokens=40 -S eval.batch_size=32 \
+       $(if $(filter vllm,$(REAL_ENGINE)),-S generation.engine=vllm -S generation.vllm_python=$(abspath $(VLLM_VENV))/bin/python)
 
 # --temp: the experiment runs in a copy, so this workspace keeps the defaults (make run stays the tiny run);
 # its report folder is then checked out of the experiment's commit.
-real: install
+real: install $(if $(filter vllm,$(REAL_ENGINE)),vllm)
 	-dvc exp remove $(REAL_NAME) 2>/dev/null
 	rm -f reports/$(REAL_NAME).stages.jsonl
 	DPO_PIPELINE_STAGE_LOG=$(abspath reports/$(REAL_NAME).stages.jsonl) \

@@ -339,13 +339,6 @@ class Params(Section):
     report: ReportParams
 
     @model_validator(mode="after")
-    def one_engine_process(self) -> "Params":
-        if self.generation.engine == "vllm" and max(self.sample.num_processes, self.eval.num_processes) > 1:
-            raise ValueError("generation.engine vllm runs one engine per stage: set sample.num_processes and "
-                             "eval.num_processes to 1 (vLLM batches the whole stage itself)")
-        return self
-
-    @model_validator(mode="after")
     def rounds_sample(self) -> "Params":
         if self.rounds > 1 and not self.preferences.generated:
             raise ValueError(f"rounds {self.rounds} needs preferences.source generated: later rounds sample from "

@@ -63,7 +63,8 @@ def generate_policies(params: Params, rows: list[dict]) -> tuple[dict, dict]:
         for k in range(1, params.rounds + 1):
             with engines.served_policy(params.paths, k) as served:
                 outputs[model_key(k)] = engines.generate(params, served, [requests(prompts, params)],
-                                                         f"eval {model_key(k)}")[0]
+                                                         f"eval {model_key(k)}",
+                                                         (cfg.num_processes, "eval.num_processes"))[0]
     return outputs, kls
 
 
@@ -82,8 +83,9 @@ def main(params: Params) -> None:
     from dpo_pipeline.models import parallel
     from dpo_pipeline.evaluation.machine import machine
 
-    # --- generate with each DPO round (base's and SFT's outputs are the baselines'); num_processes: a share each
-    parallel.relaunch_if_needed("stages.eval", cfg.num_processes)
+    # --- generate with each DPO round (base's and SFT's outputs are the baselines'); num_processes: a share each,
+    # or with vLLM that many engines, while KL is measured in this one process
+    parallel.relaunch_if_needed("stages.eval", cfg.num_processes if params.generation.engine == "transformers" else 1)
     parallel.init()
     outputs, kls = generate_policies(params, rows)
     parallel.finish()

@@ -31,11 +31,12 @@ def with_vllm(params: Params, prompts: list[str]) -> dict[str, list[dict]]:
 
     base = {"model": model_folder(params.paths.base_model)["path"]}
     sft = engines.served_sft(params.paths)
+    n = (params.eval.num_processes, "eval.num_processes")
     if sft["model"] == base["model"]:
         out = engines.generate(params, sft, [requests(prompts, params), requests(prompts, params, lora=True)],
-                               "eval base and sft")
+                               "eval base and sft", n)
         return {"base": out[0], "sft": out[1]}
-    return {name: engines.generate(params, served, [requests(prompts, params)], f"eval {name}")[0]
+    return {name: engines.generate(params, served, [requests(prompts, params)], f"eval {name}", n)[0]
             for name, served in (("base", base), ("sft", sft))}
 
 

@@ -59,7 +59,7 @@ def main(params: Params, round_num: int = 1) -> None:
             by_temp = engines.generate(params, served, [
                 {"prompts": prompts, "temperature": t, "top_k": cfg.top_k, "top_p": cfg.top_p,
                  "max_new_tokens": cfg.max_new_tokens, "seed": seed, "lora": "lora" in served}
-                for t, seed in zip(cfg.temperatures, seeds)], label)
+                for t, seed in zip(cfg.temperatures, seeds)], label, (cfg.num_processes, "sample.num_processes"))
     else:
         from dpo_pipeline.models import parallel
         from dpo_pipeline.models.loading import load_merged

@@ -77,12 +77,19 @@ def test_a_missing_vllm_environment_is_one_line_naming_the_fix(served, tmp_path)
     assert not (work / "artifacts" / "samples.jsonl").exists()
 
 
-def test_vllm_with_several_processes_is_refused_before_anything_runs(served, tmp_path):
-    raw = yaml.safe_load((served["work"] / "params.yaml").read_text())
-    raw["sample"]["num_processes"] = 2
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(UserError, match=r"generation.engine vllm runs one engine per stage"):
-        load_params(tmp_path / "params.yaml")
+@needs_vllm
+def test_several_engines_each_answer_their_block_as_one_engine_would(served, monkeypatch):
+    """num_processes N with vLLM: the requests in N consecutive blocks, an engine each (a GPU each where there
+    are GPUs), in order: block i gets what one engine given block i alone gets."""
+    from dpo_pipeline.models import engines
+
+    monkeypatch.chdir(served["work"])
+    params, sft = served["params"], engines.served_sft(served["params"].paths)
+    groups = [{"prompts": [f"Pager alert. {s} is unreachable {i}." for i in range(5)], "temperature": 1.0,
+               "top_k": 0, "top_p": 1.0, "max_new_tokens": 12, "seed": 3, "lora": lora}
+              for s, lora in (("search", False), ("billing", True))]
+    together = engines.generate(params, sft, groups, "test", (2, "sample.num_processes"))
+    assert together == [engines.generate(params, sft, [g], "test")[0] for g in groups]
 
 
 @needs_vllm

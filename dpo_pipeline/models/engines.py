@@ -25,8 +25,8 @@ from dpo_pipeline.errors import ServiceError, UserError
 from dpo_pipeline.models.generation import chat_prompts, prompt_seed
 from dpo_pipeline.models import vllm_worker
 from dpo_pipeline.models.loading import load_merged, load_tokenizer
-
 from dpo_pipeline.models.manifest import model_folder
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where the worker module resolves in the other env
 
 
@@ -61,10 +61,10 @@ def served_policy(paths: Paths, k: int) -> Iterator[dict]:
         yield {"model": folder}
 
 
-def vllm_request(params: Params, served: dict, groups: list[dict]) -> dict:
+def vllm_request(params: Params, served: dict, groups: list[dict], tokenizer=None) -> dict:
     """The worker's request: the served model, and one request per prompt of each group with that prompt's
     seed, the one the transformers engine uses for it (models/generation.prompt_seed)."""
-    tokenizer = load_tokenizer(params.paths)
+    tokenizer = tokenizer or load_tokenizer(params.paths)
     requests, longest = [], 0
     for g in groups:
         ids = tokenizer(chat_prompts(tokenizer, g["prompts"]), add_special_tokens=False)["input_ids"]
@@ -82,37 +82,70 @@ def vllm_request(params: Params, served: dict, groups: list[dict]) -> dict:
             "gpu_memory_utilization": params.generation.vllm_gpu_memory_utilization, "requests": requests}
 
 
-def generate(params: Params, served: dict, groups: list[dict], label: str) -> list[list[dict]]:
-    """One engine start for the whole call. `groups`: [{prompts, temperature, top_k, top_p, max_new_tokens,
-    seed, lora (bool: the served adapter applies)}]; returns each group's rows in its prompts' order."""
+def generate(params: Params, served: dict, groups: list[dict], label: str,
+             engines: tuple[int, str] = (1, "")) -> list[list[dict]]:
+    """`groups`: [{prompts, temperature, top_k, top_p, max_new_tokens, seed, lora (bool: the served adapter
+    applies)}]; returns each group's rows in its prompts' order. `engines`: (N, the setting that asked for N):
+    the requests cut into N consecutive blocks, one engine each, started together, on a GPU each."""
     cfg = params.generation
     python = Path(cfg.vllm_python)
     if not python.exists():
         raise UserError(f"generation.vllm_python: {python} not found; create the vLLM environment with `make vllm` "
                         "(or set generation.engine: transformers)")
-    request = vllm_request(params, served, groups)
+    n, setting = engines
+    gpus = gpu_count()
+    if gpus and n > gpus:
+        raise UserError(f"{setting}: {n} vLLM engines, one a GPU, but this machine has {gpus} GPUs")
+    if gpus:
+        import torch
+
+        torch.cuda.empty_cache()  # what this process's models left cached goes back to the engines
     tokenizer = load_tokenizer(params.paths)
+    request = vllm_request(params, served, groups, tokenizer)
     requests = request["requests"]
+    blocks = [requests[len(requests) * i // n:len(requests) * (i + 1) // n] for i in range(n)]
     # In-process engine core: vLLM's scheduling, and so its batches and sampled tokens, repeat run to run.
     env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT), "VLLM_CPU_KVCACHE_SPACE": f"{cfg.vllm_kv_cache_gib:g}",
            "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    print(f"{label}: {len(requests)} requests to vLLM ({python}"
+          + (f", {n} engines" if n > 1 else "") + ")", flush=True)
     with tempfile.TemporaryDirectory(prefix="vllm-") as tmp:
-        req_path, out_path = Path(tmp) / "request.json", Path(tmp) / "outputs.jsonl"
-        req_path.write_text(json.dumps(request))
-        print(f"{label}: {len(requests)} requests to vLLM ({python})", flush=True)
-        proc = subprocess.run([str(python), "-m", vllm_worker.__name__, str(req_path), str(out_path)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            last = [line for line in proc.stdout.splitlines() if line.strip()][-1:] or ["no output"]
-            raise ServiceError(f"vLLM failed ({label}, exit {proc.returncode}): {last[0][:300]}")
-        outputs = [json.loads(line) for line in out_path.read_text().splitlines()]
+        procs = []
+        for i, block in enumerate(blocks):
+            req_path, out_path = Path(tmp) / f"request{i}.json", Path(tmp) / f"outputs{i}.jsonl"
+            req_path.write_text(json.dumps({**request, "requests": block}))
+            log = open(Path(tmp) / f"log{i}.txt", "w+")
+            procs.append((subprocess.Popen([str(python), "-m", vllm_worker.__name__, str(req_path), str(out_path)],
+                                           env={**env, "CUDA_VISIBLE_DEVICES": str(i)} if gpus else env,
+                                           stdout=log, stderr=subprocess.STDOUT, text=True), log, out_path))
+        outputs = []
+        try:
+            for proc, log, out_path in procs:
+                proc.wait()
+                log.seek(0)
+                if proc.returncode != 0:
+                    last = [line for line in log.read().splitlines() if line.strip()][-1:] or ["no output"]
+                    raise ServiceError(f"vLLM failed ({label}, exit {proc.returncode}): {last[0][:300]}")
+                outputs += [json.loads(line) for line in out_path.read_text().splitlines()]
+        finally:  # one engine failed or the stage was stopped: the others go too
+            for proc, log, _ in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                log.close()
     rows = []
     for out in outputs:
         ids = out["token_ids"]
-        n = ids.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in ids else len(ids)
-        rows.append({"text": tokenizer.decode(ids[:n], skip_special_tokens=True).strip(), "tokens": n})
+        n_tokens = ids.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in ids else len(ids)
+        rows.append({"text": tokenizer.decode(ids[:n_tokens], skip_special_tokens=True).strip(), "tokens": n_tokens})
     result, start = [], 0
     for g in groups:
         result.append(rows[start:start + len(g["prompts"])])
         start += len(g["prompts"])
     return result
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
