@@ -87,8 +87,7 @@ def generate(params: Params, served: dict, groups: list[dict], label: str,
     """`groups`: [{prompts, temperature, top_k, top_p, max_new_tokens, seed, lora (bool: the served adapter
     applies)}]; returns each group's rows in its prompts' order. `engines`: (N, the setting that asked for N):
     the requests cut into N consecutive blocks, one engine each, started together, on a GPU each."""
-    cfg = params.generation
-    python = Path(cfg.vllm_python)
+    python = Path(params.generation.vllm_python)
     if not python.exists():
         raise UserError(f"generation.vllm_python: {python} not found; create the vLLM environment with `make vllm` "
                         "(or set generation.engine: transformers)")
@@ -103,20 +102,38 @@ def generate(params: Params, served: dict, groups: list[dict], label: str,
     tokenizer = load_tokenizer(params.paths)
     request = vllm_request(params, served, groups, tokenizer)
     requests = request["requests"]
-    blocks = [requests[len(requests) * i // n:len(requests) * (i + 1) // n] for i in range(n)]
+    print(f"{label}: {len(requests)} requests to vLLM ({python}" + (f", {n} engines" if n > 1 else "") + ")",
+          flush=True)
+    blocks = [{**request, "requests": requests[len(requests) * i // n:len(requests) * (i + 1) // n]}
+              for i in range(n)]
+    rows = []
+    for out in run_engines(params, blocks, label, gpus):
+        ids = out["token_ids"]
+        n_tokens = ids.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in ids else len(ids)
+        rows.append({"text": tokenizer.decode(ids[:n_tokens], skip_special_tokens=True).strip(), "tokens": n_tokens})
+    result, start = [], 0
+    for g in groups:
+        result.append(rows[start:start + len(g["prompts"])])
+        start += len(g["prompts"])
+    return result
+
+
+def run_engines(params: Params, blocks: list[dict], label: str, gpus: int) -> list[dict]:
+    """One worker a block, all started together; their outputs in the blocks' order."""
+    cfg = params.generation
     # In-process engine core: vLLM's scheduling, and so its batches and sampled tokens, repeat run to run.
     env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT), "VLLM_CPU_KVCACHE_SPACE": f"{cfg.vllm_kv_cache_gib:g}",
            "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    print(f"{label}: {len(requests)} requests to vLLM ({python}"
-          + (f", {n} engines" if n > 1 else "") + ")", flush=True)
+    # engine i on the i-th GPU this process sees (CUDA_VISIBLE_DEVICES may already name a subset)
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus)))).split(",")
     with tempfile.TemporaryDirectory(prefix="vllm-") as tmp:
         procs = []
         for i, block in enumerate(blocks):
             req_path, out_path = Path(tmp) / f"request{i}.json", Path(tmp) / f"outputs{i}.jsonl"
-            req_path.write_text(json.dumps({**request, "requests": block}))
+            req_path.write_text(json.dumps(block))
             log = open(Path(tmp) / f"log{i}.txt", "w+")
-            procs.append((subprocess.Popen([str(python), "-m", vllm_worker.__name__, str(req_path), str(out_path)],
-                                           env={**env, "CUDA_VISIBLE_DEVICES": str(i)} if gpus else env,
+            procs.append((subprocess.Popen([cfg.vllm_python, "-m", vllm_worker.__name__, str(req_path), str(out_path)],
+                                           env={**env, "CUDA_VISIBLE_DEVICES": devices[i]} if gpus else env,
                                            stdout=log, stderr=subprocess.STDOUT, text=True), log, out_path))
         outputs = []
         try:
@@ -133,16 +150,7 @@ def generate(params: Params, served: dict, groups: list[dict], label: str,
                     proc.kill()
                     proc.wait()
                 log.close()
-    rows = []
-    for out in outputs:
-        ids = out["token_ids"]
-        n_tokens = ids.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in ids else len(ids)
-        rows.append({"text": tokenizer.decode(ids[:n_tokens], skip_special_tokens=True).strip(), "tokens": n_tokens})
-    result, start = [], 0
-    for g in groups:
-        result.append(rows[start:start + len(g["prompts"])])
-        start += len(g["prompts"])
-    return result
+    return outputs
 
 
 def gpu_count() -> int:
