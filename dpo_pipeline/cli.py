@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from dpo_pipeline import rounds
 from dpo_pipeline.config import load_params
@@ -77,6 +77,20 @@ def tool_parser(doc: str) -> ToolParser:
     first, _, rest = doc.strip().partition("\n")
     return ToolParser(prog=prog, description=first, epilog=rest.strip("\n") or None,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def arg_type(convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse `type=`: the value converted and checked, or argparse's one-line error naming what was
+    expected, e.g. arg_type(int, lambda n: n > 0, "a whole number > 0")."""
+    def parse(value: str):
+        try:
+            x = convert(value)
+        except ValueError:
+            x = None
+        if x is None or not ok(x):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+        return x
+    return parse
 
 
 def executable(name: str) -> str:

@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(params: Params) -> None:
-    out = Path(params.paths.code)
-    for stage in stages(ROOT):
+    out, names = Path(params.paths.code), stages(ROOT)
+    for stage in names:
         write_text(out / f"{stage}.txt", fingerprint(stage, ROOT, params.task.module))
-    print(f"[bold]code[/]: the code of {len(stages(ROOT))} stages -> {out}/")
+    print(f"[bold]code[/]: the code of {len(names)} stages -> {out}/")
 
 
 if __name__ == "__main__":

@@ -75,24 +75,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
     print(f"gate: {path} within its bands of {ref}; DPO's pairwise ci_low above {cfg.min_ci_low}")
 
 
-def positive(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        x = float("nan")
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
-    return x
-
-
-def ci_floor(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        x = float("nan")
-    if not 0 <= x < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}")
-    return x
+positive = cli.arg_type(float, lambda x: x > 0, "a number > 0")
+ci_floor = cli.arg_type(float, lambda x: 0 <= x < 1, "a number in [0, 1)")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -31,14 +31,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         print(f"wrote {len(splits[split])} rows to {path}")
 
 
-def count(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {value!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {value!r}")
-    return n
+count = cli.arg_type(int, lambda n: n > 0, "a whole number > 0")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -205,10 +205,7 @@ def stop(proc: subprocess.Popen) -> None:
             time.sleep(0.1)
 
 
-def positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of rounds >= 1, got {value!r}")
-    return int(value)
+positive = cli.arg_type(int, lambda n: n >= 1, "a number of rounds >= 1")
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
