@@ -37,7 +37,7 @@ from dpo_pipeline.tasks import get_task
 def generate_policies(params: Params, rows: list[dict]) -> tuple[dict, dict]:
     """Each DPO round's outputs on the baselines' prompts, and its KL from SFT on them."""
     from dpo_pipeline.models import parallel
-    from dpo_pipeline.models.kl import kl_summary, log_ratios
+    from dpo_pipeline.models.kl import kl_summary, sequence_kls
     from dpo_pipeline.models.loading import load_tokenizer, policies
 
     cfg, prompts = params.eval, [r["prompt"] for r in rows]
@@ -52,10 +52,10 @@ def generate_policies(params: Params, rows: list[dict]) -> tuple[dict, dict]:
             outputs[name] = decode(model, tokenizer, prompts, params, name)
         # KL(policy || SFT), a share of the batches each: for round 1 the adapter disabled is the SFT model;
         # a later round's disabled adapter is the round before, so the SFT model is the reference
-        ratios = parallel.map_batches(partial(log_ratios, model, tokenizer, max_new_tokens=cfg.max_new_tokens,
+        values = parallel.map_batches(partial(sequence_kls, model, tokenizer, max_new_tokens=cfg.max_new_tokens,
                                               seed=params.seed, batch_size=cfg.batch_size,
                                               reference=None if name == "dpo" else sft), prompts, cfg.batch_size)
-        kls[name] = kl_summary(ratios, cfg.bootstrap_samples, params.seed)
+        kls[name] = kl_summary(values, cfg.bootstrap_samples, params.seed)
         del model
     if params.generation.engine == "vllm":  # KL above stays in transformers; vLLM generates
         from dpo_pipeline.models import engines

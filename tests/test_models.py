@@ -105,11 +105,11 @@ def test_kl_of_a_fresh_adapter_is_zero_and_grows_when_it_changes(micro):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from dpo_pipeline.models.kl import kl_summary, log_ratios
+    from dpo_pipeline.models.kl import kl_summary, sequence_kls
 
     def sequence_kl(model, tok, prompts, max_new_tokens, seed, reference=None):
-        return kl_summary(log_ratios(model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed,
-                                     reference=reference), 1000, seed)
+        return kl_summary(sequence_kls(model, tok, prompts, max_new_tokens=max_new_tokens, seed=seed,
+                                       reference=reference), 1000, seed)
 
     path, _ = micro
     tok = load_tokenizer(str(path))
@@ -127,12 +127,71 @@ def test_kl_of_a_fresh_adapter_is_zero_and_grows_when_it_changes(micro):
     state = torch.random.get_rng_state()
     moved = sequence_kl(model, tok, prompts, **kw)
     assert moved["kl"] > 0.01 and moved["kl_per_token"] > 0  # a KL estimate from samples of the policy
-    assert moved["kl_ci_low"] < moved["kl"] < moved["kl_ci_high"]  # with its noise over the 8 sequences
+    assert 0 <= moved["kl_ci_low"] < moved["kl"] < moved["kl_ci_high"]  # with its noise over the 8 sequences
     assert torch.equal(torch.random.get_rng_state(), state)  # measuring leaves the caller's RNG alone
     # A separate reference model (a later DPO round against SFT) gives the same estimate when it is the same
     # weights as the disabled adapter
     base = AutoModelForCausalLM.from_pretrained(path).eval()
     assert sequence_kl(model, tok, prompts, **kw, reference=base)["kl"] == pytest.approx(moved["kl"], abs=1e-4)
+
+
+def _nudged(path, scale: float):
+    """The micro model under a LoRA adapter moved by `scale`: a policy a known, small distance from its
+    reference (the adapter disabled)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path),
+                           LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(scale * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def test_kl_of_one_token_is_the_exact_kl_of_the_first_distribution(micro):
+    """With one new token the sequence KL is the KL of the first position's two distributions, whatever token
+    was drawn: the estimate is exact there, not a sample of it (on any CPU, to float rounding)."""
+    import torch
+
+    from dpo_pipeline.models.generation import chat_prompts
+    from dpo_pipeline.models.kl import sequence_kls
+
+    path, _ = micro
+    tok, model = load_tokenizer(str(path)), _nudged(path, 0.2)
+    prompts = [f"Pager alert. search is unreachable {i}." for i in range(4)]
+    got = sequence_kls(model, tok, prompts, max_new_tokens=1, seed=0)
+    for prompt, (kl, _, tokens) in zip(prompts, got):
+        ids = tok(chat_prompts(tok, [prompt]), return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            p = torch.log_softmax(model(input_ids=ids).logits[0, -1].double(), -1)
+            with model.disable_adapter():
+                q = torch.log_softmax(model(input_ids=ids).logits[0, -1].double(), -1)
+        assert tokens == 1
+        # float32 log-softmax against float64: rounding of ~1e-7 a term over a 320-token vocabulary
+        assert kl == pytest.approx(float((p.exp() * (p - q)).sum()), rel=1e-4, abs=1e-6)
+
+
+def test_kl_is_never_negative_where_the_log_ratio_estimate_is(micro):
+    """A policy very near its reference (true KL ~3e-4 nats a sequence): a sequence's sampled log-ratio sum
+    (k1) spreads far wider than the KL (its variance is about twice the KL), so each sequence's k1 is below
+    zero about half the time and over 32 sequences some are on any CPU (all 32 above: ~2^-32), and k1's mean
+    is negative about as often as not (it was the tiny run's -0.0623). The exact per-position KL is >= 0 for
+    every sequence, and so is everything built on it, with a CI tens of times narrower."""
+    from dpo_pipeline.models.kl import kl_summary, sequence_kls
+
+    path, _ = micro
+    tok, model = load_tokenizer(str(path)), _nudged(path, 0.01)
+    prompts = [f"Pager alert. {s} is unreachable {i}." for i, s in enumerate(["search", "payments"] * 16)]
+    values = sequence_kls(model, tok, prompts, max_new_tokens=10, seed=0)
+    exact, k1 = kl_summary(values, 1000, 0), kl_summary(values, 1000, 0, estimator="k1")
+    assert min(k1_sum for _, k1_sum, _ in values) < 0
+    assert min(kl for kl, _, _ in values) >= 0 and 0 <= exact["kl_ci_low"] <= exact["kl"] <= exact["kl_ci_high"]
+    assert exact["kl"] > 0 and exact["kl_per_token"] > 0
+    assert exact["kl_ci_high"] - exact["kl_ci_low"] < (k1["kl_ci_high"] - k1["kl_ci_low"]) / 5
 
 
 def test_a_process_share_of_the_kl_batches_gets_the_values_the_whole_list_does(micro):
@@ -142,7 +201,7 @@ def test_a_process_share_of_the_kl_batches_gets_the_values_the_whole_list_does(m
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from dpo_pipeline.models.kl import log_ratios
+    from dpo_pipeline.models.kl import sequence_kls
     from dpo_pipeline.models.parallel import interleave
 
     path, _ = micro
@@ -151,12 +210,12 @@ def test_a_process_share_of_the_kl_batches_gets_the_values_the_whole_list_does(m
                            LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False))
     prompts = [f"Pager alert. {s} is unreachable {i}." for i, s in enumerate(["search", "payments "] * 5)]
     kw = dict(max_new_tokens=10, seed=0, batch_size=3)
-    whole = log_ratios(model, tok, prompts, **kw)
-    assert len(whole) == 10 and all(n > 0 for _, n in whole) and len({kl for kl, _ in whole}) == 10
+    whole = sequence_kls(model, tok, prompts, **kw)
+    assert len(whole) == 10 and all(n > 0 for *_, n in whole) and len({kl for kl, *_ in whole}) == 10
     batches = [prompts[s:s + 3] for s in range(0, 10, 3)]  # 3, 3, 3, 1
-    shares = [log_ratios(model, tok, [p for b in batches[r::2] for p in b], **kw) for r in range(2)]
+    shares = [sequence_kls(model, tok, [p for b in batches[r::2] for p in b], **kw) for r in range(2)]
     assert interleave(shares, len(prompts), 3) == whole
-    assert interleave([log_ratios(model, tok, prompts[:3], **kw), [], []], 3, 3) == whole[:3]  # idle processes
+    assert interleave([sequence_kls(model, tok, prompts[:3], **kw), [], []], 3, 3) == whole[:3]  # idle processes
 
 
 def test_prompts_too_long_for_the_context_are_found_not_crashed_on(micro):
