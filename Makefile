@@ -98,7 +98,7 @@ REAL_ENGINE ?= transformers
 REAL_NAME = real-smollm2$(if $(filter-out incident_triage,$(REAL_TASK)),-$(REAL_TASK))$(if $(filter-out 1,$(REAL_ROUNDS)),-rounds$(REAL_ROUNDS))$(if $(filter vllm,$(REAL_ENGINE)),-vllm)
 REAL = -S model.base=builtin:smollm2-135m -S paths.reports=reports/$(REAL_NAME) \
        -S task.name=$(REAL_TASK) -S task.module=dpo_pipeline/tasks/$(REAL_TASK).py \
-       -S sft.max_rows=256 -S sft.learning_rate=1e-3 -S sft.batch_size=8 \
+       -S sft.max_rows=256 -S sft.learning_rate=1e-3 -S sft.batch_size=8 -S sft.micro_batch_size=2 \
        -S sample.max_prompts=144 -S sample.max_new_tokens=40 -S sample.batch_size=36 \
        -S train.learning_rate=3e-4 -S train.batch_size=8 -S train.epochs=1 -S train.precompute_ref_log_probs=true \
        -S train.logging_steps=2 -S train.eval_steps=4 -S train.kl_every=6 -S train.kl_prompts=16 -S train.kl_max_new_tokens=40 \

@@ -1,4 +1,4 @@
-"""How fast are the tiny base's pre-training (prepare) and SFT with each `micro_batches`?
+"""How fast are the tiny base's pre-training (prepare) and SFT with each `micro_batch_size`?
 
     python bench/prepare.py                            (prepare: micro4 whole micro2 micro8 threads1)
     python bench/prepare.py --runs whole micro4 whole  (a run named twice runs twice: the machine's noise)
@@ -6,11 +6,11 @@
 
 Each run is a fresh process that trains `builtin:tiny` from params.yaml into a temporary folder, exactly as
 `stages.prepare` does (or, with `--stage sft`, runs `stages.sft` on the workspace's models/base into a
-temporary folder), with one change to `model.tiny.micro_batches` (or `sft.micro_batches`):
-- whole: `micro_batches: 1`, each step's 32 examples padded as one batch (the default before issue 15);
+temporary folder), with one change to `model.tiny.micro_batch_size` (or `sft.micro_batch_size`):
+- whole: `micro_batch_size: null`, each step's 32 examples padded as one batch (the default before issue 15);
 - micro2 / micro4 / micro8: the same 32 examples a step (same data order, same optimizer steps), cut by
-  transformers' batch_rebalance sampler into 2 / 4 / 8 micro-batches of similar lengths with gradient
-  accumulation; the loss is the batch's token-weighted mean, equal within float noise;
+  transformers' batch_rebalance sampler into 2 / 4 / 8 micro-batches of similar lengths (micro_batch_size
+  16 / 8 / 4) with gradient accumulation; the loss is the batch's token-weighted mean, equal within float noise;
 - threads1: the default micro-batches on one torch thread instead of the machine's cores.
 Prints each run's training seconds, its ratio to the first run, the final loss, the largest weight
 difference from the first run's model, and the tokens each batching computes (padding included) against the
@@ -45,7 +45,8 @@ params = load_params()
 task = get_task(params.task)
 rows = read_jsonl(params.task_files.sft_data, required=("prompt", "response"))
 texts = [task.pretrain_text(r["prompt"], r["response"]) for r in rows]
-cfg = params.model.model_copy(update={"tiny": params.model.tiny.model_copy(update={"micro_batches": micro})})
+size = None if micro == 1 else params.model.tiny.batch_size // micro
+cfg = params.model.model_copy(update={"tiny": params.model.tiny.model_copy(update={"micro_batch_size": size})})
 start = time.perf_counter()
 info = tiny.train_tiny_base(texts, cfg, params.seed, out)
 print(json.dumps({"seconds": time.perf_counter() - start, "loss": info["final_loss"]}))
@@ -56,7 +57,8 @@ from stages import sft
 
 micro, out = int(sys.argv[1]), sys.argv[2]
 params = load_params()
-params = params.model_copy(update={"sft": params.sft.model_copy(update={"micro_batches": micro}),
+size = None if micro == 1 else params.sft.batch_size // micro
+params = params.model_copy(update={"sft": params.sft.model_copy(update={"micro_batch_size": size}),
                                    "paths": params.paths.model_copy(update={"sft_model": out})})
 log = io.StringIO()
 start = time.perf_counter()
@@ -113,7 +115,8 @@ def main() -> None:
     from dpo_pipeline.config import load_params
 
     params = load_params(ROOT / "params.yaml")
-    default = params.model.tiny.micro_batches if args.stage == "prepare" else params.sft.micro_batches
+    section = params.model.tiny if args.stage == "prepare" else params.sft  # its micro-batches a step:
+    default = section.batch_size // (section.micro_batch_size or section.batch_size)
     results, ratios = [], padding(args.stage, default)
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(args.runs):

@@ -42,7 +42,7 @@ from dpo_pipeline.models.loading import tokenizer_from  # noqa: E402
 from dpo_pipeline.models.lora import lora_config  # noqa: E402
 from dpo_pipeline.models.tiny import build_tokenizer  # noqa: E402
 from dpo_pipeline.models.training import common_args  # noqa: E402
-from dpo_pipeline.tasks import incident_triage  # noqa: E402
+from dpo_pipeline.tasks import incident_triage, incident_triage_data  # noqa: E402
 from result import add_json_arg, write_result  # noqa: E402
 
 SHAPES = {
@@ -55,7 +55,7 @@ SHAPES = {
 
 
 def pairs(tok, n: int, tokens: int) -> list[dict]:
-    rows = incident_triage.generate(seed=0, n_sft=2 * n, n_prompts=1, n_eval=1)["sft"]
+    rows = incident_triage_data.generate(seed=0, n_sft=2 * n, n_prompts=1, n_eval=1)["sft"]
     out = []
     for i in range(n):
         prompt = tok.apply_chat_template([{"role": "user", "content": rows[i]["prompt"]}], tokenize=False,
@@ -134,7 +134,7 @@ def main() -> None:
         parser.error("--pairs must cover (warmup + steps) batches: one epoch, no pair seen twice")
 
     texts = [incident_triage.pretrain_text(r["prompt"], r["response"])
-             for r in incident_triage.generate(seed=0, n_sft=300, n_prompts=1, n_eval=1)["sft"]]
+             for r in incident_triage_data.generate(seed=0, n_sft=300, n_prompts=1, n_eval=1)["sft"]]
     if args.model:
         tok = tokenizer_from(args.model)
         config = AutoConfig.from_pretrained(args.model)

@@ -21,7 +21,7 @@ PARAMS_FILE = "params.yaml"
 RUNTIME = {
     "judge": frozenset({"concurrency", "max_retries", "timeout_s", "max_cost_usd", "batch_poll_s",
                         "batch_max_requests", "requests_per_minute", "input_tokens_per_minute",
-                        "resubmit_lost_batches"}),
+                        "resubmit_lost_batches", "reward_batch_size", "api_key_env"}),
     "sample": frozenset({"batch_size", "num_processes"}),
     "eval": frozenset({"batch_size", "num_processes"}),
     "generation": frozenset({"vllm_python", "vllm_kv_cache_gib", "vllm_gpu_memory_utilization"}),
@@ -66,18 +66,20 @@ class TinyModel(Section):
     epochs: float = Field(gt=0)
     learning_rate: float = Field(gt=0)
     batch_size: int = Field(gt=0)
-    micro_batches: int = Field(ge=1)  # each batch cut by length into this many (models/training.py: batching)
+    # Examples a forward pass (null: the whole batch); models/training.py: batching
+    micro_batch_size: int | None = Field(gt=0)
 
     @model_validator(mode="after")
     def heads_divide_hidden(self) -> "TinyModel":
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
-        return micro_batches_divide(self)
+        return micro_batch_divides(self, self.batch_size, "batch_size")
 
 
-def micro_batches_divide(section: "TinyModel | SftParams"):
-    if section.batch_size % section.micro_batches:
-        raise ValueError(f"micro_batches ({section.micro_batches}) must divide batch_size ({section.batch_size})")
+def micro_batch_divides(section, batch: int, what: str):
+    """A batch is `batch // micro_batch_size` forward passes of `micro_batch_size` examples: it must divide."""
+    if section.micro_batch_size is not None and batch % section.micro_batch_size:
+        raise ValueError(f"micro_batch_size ({section.micro_batch_size}) must divide {what} ({batch})")
     return section
 
 
@@ -92,6 +94,8 @@ class ModelParams(Section):
     sft: str | None                         # null: the sft stage trains a LoRA; else an adapter or model folder
     lora_target_modules: Literal["auto"] | list[str]  # auto: by architecture (models/lora.py)
     max_length: int = Field(gt=0)
+    # nf4: sft and train hold the linear layers they train on in 4-bit NF4 (bitsandbytes); sample and eval not
+    quantization: Literal["nf4"] | None
     tiny: TinyModel
 
     @field_validator("base")
@@ -116,15 +120,16 @@ class Lora(Section):
     learning_rate: float = Field(gt=0)
     epochs: float = Field(gt=0)
     batch_size: int = Field(gt=0)
+    micro_batch_size: int | None = Field(gt=0)  # examples a forward pass, per process (null: all of them)
+    activation_checkpointing: bool  # recompute each layer's activations in the backward pass (less memory)
 
 
 class SftParams(Lora):
     max_rows: int | None = Field(gt=0)  # train on the first N rows of sft.jsonl (null: all)
-    micro_batches: int = Field(ge=1)    # as model.tiny.micro_batches
 
     @model_validator(mode="after")
-    def micro_batches_divide_batch(self) -> "SftParams":
-        return micro_batches_divide(self)
+    def micro_batch_divides_batch(self) -> "SftParams":
+        return micro_batch_divides(self, self.batch_size, "batch_size")
 
 
 class SampleParams(Section):
@@ -182,12 +187,23 @@ class Price(Section):
 
 
 class JudgeParams(Section):
-    backend: Literal["rubric", "anthropic"]
+    backend: Literal["rubric", "anthropic", "reward_model", "openai"]
     label_noise: float = Field(ge=0, le=1)  # share of verdicts flipped on purpose (a lesson, not a default)
     reliability_repeats: int = Field(ge=0)  # items asked again for self-consistency; 0: none
-    # The rest applies to the anthropic backend.
+    # The reward_model backend: a sequence-classification model with one output (num_labels 1), a hub id or a
+    # local folder (judging/reward_model.py); a tie when best - worst reward <= reward_margin (its own scale).
+    reward_model: str | None = None
+    reward_margin: float = Field(0.0, ge=0)
+    reward_batch_size: int = Field(16, ge=1)  # conversations scored in one forward pass (run-time)
+    # The rest applies to the LLM judges: anthropic (Claude) and openai (any OpenAI-compatible server).
     model: str = Field(min_length=1)
-    base_url: str | None  # null: ANTHROPIC_BASE_URL if set, else the SDK's default
+    base_url: str | None  # null: ANTHROPIC_BASE_URL / OPENAI_BASE_URL if set, else the SDK's default
+    # openai: the environment variable holding the key (unset: a placeholder, for a server without auth)
+    api_key_env: str = Field("OPENAI_API_KEY", min_length=1)
+    temperature: float | None = Field(0.0, ge=0)  # openai: sent as is; null: not sent, the server's default
+    # openai: json_schema asks the server to hold the answer to the verdict's schema; null: not asked (a server
+    # that refuses it). The answer is validated either way.
+    response_format: Literal["json_schema"] | None = "json_schema"
     mode: Literal["online", "batch"]
     concurrency: int = Field(ge=1)
     max_retries: int = Field(ge=0)
@@ -211,11 +227,24 @@ class JudgeParams(Section):
 
     @model_validator(mode="after")
     def priced(self) -> "JudgeParams":
-        if self.backend == "anthropic" and self.model not in self.prices:
-            raise ValueError(f"no price for judge.model {self.model!r}: add judge.prices.{self.model}")
-        if self.backend == "anthropic" and self.refusal_fallback and self.refusal_fallback not in self.prices:
+        # The budget cannot hold a model it cannot price: a server of your own is priced at 0, said in one line.
+        llm = self.backend in ("anthropic", "openai")
+        free = " (input_per_mtok: 0, output_per_mtok: 0 for a server of your own)" if self.backend == "openai" else ""
+        if llm and self.model not in self.prices:
+            raise ValueError(f"no price for judge.model {self.model!r}: add judge.prices.{self.model}{free}")
+        if self.backend == "openai" and self.mode == "batch":
+            raise ValueError("judge.mode batch is Anthropic's Message Batches API: use judge.mode online with "
+                             "judge.backend openai")
+        if llm and self.refusal_fallback and self.refusal_fallback not in self.prices:
             raise ValueError(f"no price for judge.refusal_fallback {self.refusal_fallback!r}: "
                              f"add judge.prices.{self.refusal_fallback}")
+        return self
+
+    @model_validator(mode="after")
+    def reward_model_named(self) -> "JudgeParams":
+        if self.backend == "reward_model" and not self.reward_model:
+            raise ValueError("judge.backend reward_model needs judge.reward_model: a hub id or a local folder of a "
+                             "sequence-classification reward model")
         return self
 
 
@@ -249,7 +278,8 @@ class TrainParams(Lora):
         if self.batch_size % self.num_processes:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_processes "
                              f"({self.num_processes}): each process takes an equal share of every batch")
-        return self
+        return micro_batch_divides(self, self.batch_size // self.num_processes,
+                                   "each process's batch, batch_size / num_processes")
 
     @model_validator(mode="after")
     def loss_parameters(self) -> "TrainParams":

@@ -66,11 +66,12 @@ def declared(dvc_yaml: str | Path = "dvc.yaml") -> int | None:
 
 
 def check(params: Params, k: int) -> None:
-    """A round-k stage runs only while params.yaml asks for k rounds (dvc.yaml may still have an old round's
-    stages: `python -m tools.rounds` rewrites them)."""
+    """A round-k stage (`--round k`) runs only while params.yaml asks for k rounds (dvc.yaml may still have an
+    old round's stages: `python -m tools.rounds` rewrites them)."""
     if k > params.rounds:
-        raise UserError(f"params.yaml: rounds is {params.rounds} but dvc.yaml has stages for round {k}; run "
-                        "`python -m tools.rounds` to write dvc.yaml's round stages for params.yaml's rounds")
+        raise UserError(f"--round {k}: params.yaml's rounds is {params.rounds}, so there is no round {k}; run "
+                        "`python -m tools.rounds` to write dvc.yaml's round stages for params.yaml's rounds (or "
+                        f"`python -m tools.rounds {k}` for {k} rounds)")
 
 
 def check_declared(params: Params, dvc_yaml: str | Path = "dvc.yaml") -> None:

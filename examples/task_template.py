@@ -40,6 +40,11 @@ def response_metrics(prompt: str, response: str) -> dict[str, float]:
 #
 # def pretrain_text(prompt: str, response: str) -> str:
 #     """model.base: builtin:tiny only: how an SFT pair reads as raw text for pre-training from scratch."""
+
+
+# --- optional, in a file of its own: a generator for synthetic data. `python -m tools.make_data` runs
+# generate() from my_task_data.py beside this file (it may `from my_task import ...`); no stage runs it, so
+# editing it re-runs nothing. dpo_pipeline/tasks/incident_triage_data.py is a worked one.
 #
 # def generate(seed: int, n_sft: int, n_prompts: int, n_eval: int) -> dict[str, list[dict]]:
-#     """python -m tools.make_data only: the data files {"sft": [...], "prompts": [...], "eval": [...]}."""
+#     """The data files {"sft": [...], "prompts": [...], "eval": [...]}, the same bytes for the same arguments."""

@@ -5,9 +5,10 @@
 The base's and SFT's outputs come from stage eval_baselines (stages/eval_baselines.py): nothing DPO does changes
 them, so `dvc exp run -S train.beta=0.3` re-runs this stage without generating two of its three models again.
 All three decode with the same params and seeds. Metrics (metrics/eval.json): the task's rates, the judge's
-faithfulness and the mean length per model (as dpo_pipeline/evaluation/schema.py declares them)
-({metric: {base, sft, dpo}}), KL(SFT+DPO || SFT) on the eval prompts, and pairwise preference for every pair
-of models (DPO vs SFT, DPO vs base, SFT vs base) judged in both orders, raw and length-controlled, each with a
+faithfulness (a reward model: its mean reward instead) and the mean length per model (as
+dpo_pipeline/evaluation/schema.py declares them) ({metric: {base, sft, dpo}}), KL(SFT+DPO || SFT) on the eval
+prompts, and pairwise preference for every pair of models (DPO vs SFT, DPO vs base, SFT vs base) judged in both
+orders (a reward model: the higher reward wins), raw and length-controlled, each with a
 95% bootstrap CI over prompts; the judge's reliability on those verdicts (dpo_pipeline/judging/reliability.py).
 The per-model 95% CIs go to `paths.eval_ci`; per-prompt outputs, scores and verdicts to `paths.eval_outputs`.
 With `rounds` > 1 (iterative DPO) every round's policy is one more model ("dpo_r2", ...) on the same prompts,
@@ -23,49 +24,43 @@ from rich import print
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
-from dpo_pipeline.evaluation.held_out import decode, requests
-from dpo_pipeline.evaluation.schema import PAIRWISE, model_metrics, models, pairs
+from dpo_pipeline.evaluation.held_out import decoding
+from dpo_pipeline.evaluation.schema import JUDGED, PAIRWISE, model_metrics, models, pairs
 from dpo_pipeline.evaluation.scoring import aggregate, pair_items, records
 from dpo_pipeline.files import read_jsonl, read_text, write_json, write_jsonl
 from dpo_pipeline.judging.base import pairwise_both_orders
 from dpo_pipeline.judging.registry import make_judge, reference_judge
 from dpo_pipeline.judging.reliability import reliability
+from dpo_pipeline.models.engines.base import Engine, Job, Policy
 from dpo_pipeline.rounds import check_declared, model_key
 from dpo_pipeline.tasks import get_task
 
 
-def generate_policies(params: Params, rows: list[dict]) -> tuple[dict, dict]:
-    """Each DPO round's outputs on the baselines' prompts, and its KL from SFT on them."""
+def policy_kls(params: Params, prompts: list[str]) -> dict[str, dict]:
+    """Each DPO round's KL(policy || SFT) on the prompts, in transformers whatever generates (a share of the
+    batches each under torchrun): for round 1 the adapter disabled is the SFT model; a later round's disabled
+    adapter is the round before, so the SFT model is the reference."""
     from dpo_pipeline.models import parallel
     from dpo_pipeline.models.kl import kl_summary, sequence_kls
-    from dpo_pipeline.models.loading import load_tokenizer, policies
+    from dpo_pipeline.models.loading import load_sft, load_tokenizer, round_policies
 
-    cfg, prompts = params.eval, [r["prompt"] for r in rows]
-    tokenizer = load_tokenizer(params.paths)
-    outputs, kls, sft = {}, {}, None
-    for name, model in policies(params.paths, params.rounds):  # base and SFT to build on: schema.models' order
-        if name == "sft" and params.rounds > 1:
-            sft = model
-        if name in ("base", "sft"):  # their outputs are the baselines'
-            continue
-        if params.generation.engine == "transformers":
-            outputs[name] = decode(model, tokenizer, prompts, params, name)
-        # KL(policy || SFT), a share of the batches each: for round 1 the adapter disabled is the SFT model;
-        # a later round's disabled adapter is the round before, so the SFT model is the reference
+    cfg, tokenizer = params.eval, load_tokenizer(params.paths)
+    sft, kls = load_sft(params.paths).eval(), {}
+    for name, model in round_policies(params.paths, params.rounds, sft):
         values = parallel.map_batches(partial(sequence_kls, model, tokenizer, max_new_tokens=cfg.max_new_tokens,
                                               seed=params.seed, batch_size=cfg.batch_size,
                                               reference=None if name == "dpo" else sft), prompts, cfg.batch_size)
         kls[name] = kl_summary(values, cfg.bootstrap_samples, params.seed)
         del model
-    if params.generation.engine == "vllm":  # KL above stays in transformers; vLLM generates
-        from dpo_pipeline.models import engines
+    return kls
 
-        for k in range(1, params.rounds + 1):
-            with engines.served_policy(params.paths, k) as served:
-                outputs[model_key(k)] = engines.generate(params, served, [requests(prompts, params)],
-                                                         f"eval {model_key(k)}",
-                                                         (cfg.num_processes, "eval.num_processes"))[0]
-    return outputs, kls
+
+def policy_outputs(params: Params, engine: Engine, prompts: list[str]) -> dict[str, list[dict]]:
+    """Each DPO round's outputs on the baselines' prompts, decoded as the baselines were, from the weights its KL
+    is measured with (its own adapter unmerged)."""
+    jobs = [Job(Policy(k, unmerged=True), prompts, decoding(params), model_key(k))
+            for k in range(1, params.rounds + 1)]
+    return dict(zip([job.name for job in jobs], engine.generate(jobs, "eval")))
 
 
 def main(params: Params) -> None:
@@ -81,13 +76,17 @@ def main(params: Params) -> None:
     judge = make_judge(params.judge, task, read_text(params.task_files.policy))
 
     from dpo_pipeline.models import parallel
+    from dpo_pipeline.models.engines.registry import make_engine
     from dpo_pipeline.evaluation.machine import machine
 
-    # --- generate with each DPO round (base's and SFT's outputs are the baselines'); num_processes: a share each,
-    # or with vLLM that many engines, while KL is measured in this one process
-    parallel.relaunch_if_needed("stages.eval", cfg.num_processes if params.generation.engine == "transformers" else 1)
+    # --- each DPO round's KL from SFT, then its outputs (base's and SFT's are the baselines'); num_processes: the
+    # stage's processes, a share each, or as many engines as the engine runs itself (vLLM, KL in this process)
+    engine = make_engine(params, "eval")
+    parallel.relaunch_if_needed("stages.eval", engine.processes)
     parallel.init()
-    outputs, kls = generate_policies(params, rows)
+    prompts = [r["prompt"] for r in rows]
+    kls = policy_kls(params, prompts)
+    outputs = policy_outputs(params, engine, prompts)
     parallel.finish()
     if not parallel.is_main():
         return
@@ -100,7 +99,7 @@ def main(params: Params) -> None:
     # How far those verdicts can be trusted: position flips, repeats, ground truth, agreement with the rubric
     trust = reliability(judge, items, judged, repeats=params.judge.reliability_repeats, seed=params.seed, task=task,
                         reference=reference_judge(task))
-    schema = model_metrics(task)
+    schema = model_metrics(task, JUDGED[judge.pointwise])  # faithfulness 1-5, or a reward model's mean reward
     recs = records(rows, outputs, scores, judged, task, schema, names, compared)
 
     # --- aggregate: {metric: {base, sft, dpo}} for dvc metrics/exp show; the 95% CIs in their own file,

@@ -6,38 +6,21 @@ A stage of its own because nothing DPO does changes these outputs: a change to `
 `dvc exp run -S train.beta=0.3`) re-runs train and eval, and eval reads them instead of generating two of its
 three models again. Eval decodes SFT+DPO with the same params and seeds (dpo_pipeline/evaluation/held_out.py).
 Prompts that leave no room for `eval.max_new_tokens` in the base's context are dropped (eval reports how many),
-and a held-out prompt that is also a training prompt is refused. With `eval.num_processes` > 1 the stage
-re-launches itself under torchrun, each process a share of the batches (the same output).
+and a held-out prompt that is also a training prompt is refused. `generation.engine` generates
+(dpo_pipeline/models/engines/); with `eval.num_processes` > 1 the stage re-launches itself under torchrun, each
+process a share of the batches (the same output), or vLLM starts that many engines.
 Output rows: {id, prompt, outputs: {base: {text, tokens}, sft: {text, tokens}}}.
 """
 
 from __future__ import annotations
-
-from itertools import islice
 
 from rich import print
 
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
-from dpo_pipeline.evaluation.held_out import decode, refuse_overlap, requests
+from dpo_pipeline.evaluation.held_out import decoding, refuse_overlap
 from dpo_pipeline.files import read_jsonl, write_jsonl
-
-
-def with_vllm(params: Params, prompts: list[str]) -> dict[str, list[dict]]:
-    """Base and SFT on vLLM: one engine for both when SFT is an adapter on the base (served as a LoRA)."""
-    from dpo_pipeline.models import engines
-    from dpo_pipeline.models.manifest import model_folder
-
-    base = {"model": model_folder(params.paths.base_model)["path"]}
-    sft = engines.served_sft(params.paths)
-    n = (params.eval.num_processes, "eval.num_processes")
-    if sft["model"] == base["model"]:
-        out = engines.generate(params, sft, [requests(prompts, params), requests(prompts, params, lora=True)],
-                               "eval base and sft", n)
-        return {"base": out[0], "sft": out[1]}
-    return {name: engines.generate(params, served, [requests(prompts, params)], f"eval {name}", n)[0]
-            for name, served in (("base", base), ("sft", sft))}
 
 
 def main(params: Params) -> None:
@@ -56,21 +39,19 @@ def main(params: Params) -> None:
         raise UserError(f"{files.eval_prompts}: every prompt is too long for the model's context with "
                         f"eval.max_new_tokens {cfg.max_new_tokens}")
     prompts = [r["prompt"] for r in rows]
-    if params.generation.engine == "vllm":
-        outputs = with_vllm(params, prompts)
-    else:
-        from dpo_pipeline.models import parallel
-        from dpo_pipeline.models.loading import policies
 
-        parallel.relaunch_if_needed("stages.eval_baselines", cfg.num_processes)  # inputs checked once
-        parallel.init()
-        outputs = {}
-        for name, model in islice(policies(params.paths, 1), 2):  # base, then SFT; no DPO adapter is read
-            outputs[name] = decode(model, tokenizer, prompts, params, name)
-            del model
-        parallel.finish()
-        if not parallel.is_main():
-            return
+    from dpo_pipeline.models import parallel
+    from dpo_pipeline.models.engines.base import BASE, SFT, Job
+    from dpo_pipeline.models.engines.registry import make_engine
+
+    engine = make_engine(params, "eval")
+    parallel.relaunch_if_needed("stages.eval_baselines", engine.processes)  # inputs checked once
+    parallel.init()
+    jobs = [Job(policy, prompts, decoding(params), policy.name) for policy in (BASE, SFT)]  # no DPO adapter is read
+    outputs = dict(zip([job.name for job in jobs], engine.generate(jobs, "eval")))
+    parallel.finish()
+    if not parallel.is_main():
+        return
     write_jsonl(params.paths.eval_baselines, [{**r, "outputs": {m: outputs[m][i] for m in outputs}}
                                               for i, r in enumerate(rows)])
     print(f"[bold]eval_baselines[/]: base and SFT on {len(rows)} held-out prompts -> {params.paths.eval_baselines}")

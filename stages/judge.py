@@ -8,8 +8,10 @@ Rows: {id, prompt: [user msg], chosen: [assistant msg], rejected: [assistant msg
 `paths.judgments`, one row a prompt with the judge's answers and why a pair was dropped (the report's page).
 Two candidates a prompt: the pair is judged in both orders; ties, position-inconsistent and invalid verdicts
 are dropped. More candidates: each is scored 1-5 and the best and the worst make the pair (UltraFeedback
-style); equal scores are a tie, dropped. All is counted in metrics/judge.json, with the judge's cost and,
-for an LLM judge, its agreement with the rubric.
+style); equal scores are a tie, dropped. A reward model scores every candidate, two as well as more, and the
+highest and lowest reward make the pair, a tie within `judge.reward_margin`. All is counted in
+metrics/judge.json, with the judge's cost, a reward model's reward gap of the kept pairs and, for any judge but
+the rubric, its agreement with the rubric.
 With `preferences.source` set to a dataset, nothing is judged: the dataset is converted to the same rows
 (dpo_pipeline/judging/sources.py).
 """
@@ -22,7 +24,7 @@ from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
 from dpo_pipeline.files import read_jsonl, read_text, write_json, write_jsonl
-from dpo_pipeline.judging.pairs import add_label_noise, agreement, build_pairs, judgments
+from dpo_pipeline.judging.pairs import add_label_noise, agreement, build_pairs, judgments, reward_gaps
 from dpo_pipeline.judging.registry import make_judge, reference_judge
 from dpo_pipeline.rounds import round_paths
 from dpo_pipeline.tasks import get_task
@@ -67,15 +69,17 @@ def main(params: Params, round_num: int = 1) -> None:
         "invalid_rate": round(counts["invalid"] / n, 4),
         "candidates": len(samples[0]["responses"]),
         "calls": judge.usage.answers,
-        # Only pairs are asked in both orders; best-vs-worst scores each candidate on its own.
+        # Only pairs are asked in both orders; best-vs-worst (and a reward model) scores each candidate on its own.
         "position_consistency": round(counts["position_consistent"] / max(counts["asked"], 1), 4)
-        if len(samples[0]["responses"]) == 2 else None,
+        if len(samples[0]["responses"]) == 2 and judge.positional else None,
         "chosen_by_temperature": {k.removeprefix("chosen_at_T"): v for k, v in sorted(counts.items())
                                   if k.startswith("chosen_at_T")},
         "usage": judge.usage.as_metrics(),
         "label_noise": {"rate": params.judge.label_noise, "flipped": flipped},
     }
-    if judge.remote and (rubric := reference_judge(task)) is not None:
+    if judge.pointwise == "reward":  # how far apart the kept pairs are, on the reward model's scale
+        metrics["reward_gap"] = reward_gaps(judged)
+    if (rubric := reference_judge(task)) is not None and rubric.name != judge.name:
         _, reference, _ = build_pairs(samples, rubric)
         metrics["agreement_with_rubric"] = agreement(judged, reference)
     write_jsonl(paths.preferences, pairs)

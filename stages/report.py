@@ -9,12 +9,11 @@ print the 3-way comparison.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
-from dpo_pipeline.evaluation.schema import PAIRWISE, model_metrics, models
+from dpo_pipeline.evaluation.schema import PAIRWISE, judged_metric, model_metrics, models
 from dpo_pipeline.evaluation.seeds import fingerprint, verdict_line
 from dpo_pipeline.files import read_jsonl, write_json, write_text
 from dpo_pipeline.reporting.iterative import section
@@ -28,7 +27,7 @@ def main(params: Params, show: bool = False) -> None:
     paths, names = params.paths, models(params.rounds)
     ev, cis, judge, train = (json.loads(Path(p).read_text()) for p in (
         paths.eval_metrics, paths.eval_ci, paths.judge_metrics, paths.train_metrics))
-    metrics = model_metrics(get_task(params.task))
+    metrics = model_metrics(get_task(params.task), judged_metric(ev))  # a reward model's reward, or faithfulness
     if show:
         return print_table(ev, cis, metrics, names)
     check_declared(params)
@@ -67,4 +66,6 @@ def main(params: Params, show: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(lambda params: main(params, show="--show" in sys.argv[1:]))
+    parser = cli.stage_parser(__doc__)
+    parser.add_argument("--show", action="store_true", help="print the table of the current metrics; write nothing")
+    cli.run(lambda params, args: main(params, show=args.show), parser)

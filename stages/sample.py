@@ -9,8 +9,8 @@ the stage writes an empty file and loads no model. With `sample.num_processes` >
 itself under torchrun and each process generates a share of the batches. Each prompt is seeded by itself, so
 the output is byte-identical whatever the batch size or number of processes (models/generation.py).
 Round k > 1 of iterative DPO samples from round k-1's policy, on the prompts `iterate.prompts` gives it, with
-seeds of its own (dpo_pipeline/rounds.py). With `generation.engine: vllm` vLLM samples instead, in its own
-environment (dpo_pipeline/models/engines.py), with the same seeds, temperatures and limits.
+seeds of its own (dpo_pipeline/rounds.py). `generation.engine` picks what generates (dpo_pipeline/models/engines/:
+vLLM, in its own environment, with the same seeds, temperatures and limits).
 """
 
 from __future__ import annotations
@@ -52,28 +52,20 @@ def main(params: Params, round_num: int = 1) -> None:
     seeds = [params.seed + 1000 * i + 100_003 * (round_num - 1) for i in range(len(cfg.temperatures))]
     label = "sampling" + (f", round {round_num}" if round_num > 1 else "")
     start = time.time()
-    if params.generation.engine == "vllm":
-        from dpo_pipeline.models import engines
 
-        with engines.served_policy(params.paths, round_num - 1) as served:  # round 1: the SFT model
-            by_temp = engines.generate(params, served, [
-                {"prompts": prompts, "temperature": t, "top_k": cfg.top_k, "top_p": cfg.top_p,
-                 "max_new_tokens": cfg.max_new_tokens, "seed": seed, "lora": "lora" in served}
-                for t, seed in zip(cfg.temperatures, seeds)], label, (cfg.num_processes, "sample.num_processes"))
-    else:
-        from dpo_pipeline.models import parallel
-        from dpo_pipeline.models.loading import load_merged
+    from dpo_pipeline.models import parallel
+    from dpo_pipeline.models.engines.base import Decoding, Job, Policy
+    from dpo_pipeline.models.engines.registry import make_engine
 
-        parallel.relaunch_if_needed("stages.sample", cfg.num_processes)  # inputs checked once, then N processes
-        parallel.init()
-        model = load_merged(params.paths, round_num - 1).eval()  # round 1: the SFT model; round k: round k-1's
-        by_temp = [parallel.generate(model, tokenizer, prompts, temperature=t, top_k=cfg.top_k, top_p=cfg.top_p,
-                                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=seed,
-                                     label=f"{label} T={t}")
-                   for t, seed in zip(cfg.temperatures, seeds)]
-        parallel.finish()
-        if not parallel.is_main():
-            return
+    engine = make_engine(params, "sample")
+    parallel.relaunch_if_needed("stages.sample", engine.processes)  # inputs checked once, then N processes
+    parallel.init()
+    policy = Policy(round_num - 1)  # round 1: the SFT model; round k: round k-1's policy
+    by_temp = engine.generate([Job(policy, prompts, Decoding(t, cfg.top_k, cfg.top_p, cfg.max_new_tokens, seed),
+                                   f"T={t}") for t, seed in zip(cfg.temperatures, seeds)], label)
+    parallel.finish()
+    if not parallel.is_main():
+        return
     out = [{"id": r["id"], "prompt": r["prompt"],
             "responses": [{**gen[j], "temperature": t} for gen, t in zip(by_temp, cfg.temperatures)]}
            for j, r in enumerate(rows)]

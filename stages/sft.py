@@ -67,22 +67,24 @@ def main(params: Params) -> None:
     from transformers import PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from dpo_pipeline.models.loading import load_base, load_tokenizer
+    from dpo_pipeline.models.loading import linear_4bit, load_base, load_tokenizer
     from dpo_pipeline.models.lora import lora_config, save_adapter
     from dpo_pipeline.models.training import TrainingProgress, batching, common_args, seeded_batches
 
     set_seed(params.seed)
     # --- model & tokenizer
     tokenizer = load_tokenizer(paths)
-    model = load_base(paths)
+    model = load_base(paths, params.model.quantization)  # nf4: 4-bit linear layers under the LoRA (QLoRA)
     # --- dataset
     ds = Dataset.from_list([{"prompt": user(r["prompt"]), "completion": assistant(r["response"])} for r in rows])
     # --- training
-    print(f"[bold]sft[/]: training a LoRA adapter on {len(rows)} examples ...")
+    bits = f" ({linear_4bit(model)} linear layers in {params.model.quantization})" if params.model.quantization else ""
+    print(f"[bold]sft[/]: training a LoRA adapter on {len(rows)} examples{bits} ...")
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate, lr_scheduler_type="cosine",
                          warmup_steps=0.05, max_length=params.model.max_length, logging_steps=25,
-                         **batching(cfg.batch_size, cfg.micro_batches), **common_args(tmp, params.seed))
+                         **batching(cfg.batch_size, cfg.micro_batch_size),
+                         **common_args(tmp, params.seed, cfg.activation_checkpointing))
         lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
         trainer = seeded_batches(SFTTrainer)(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
                                              peft_config=lora, callbacks=[TrainingProgress("sft")])

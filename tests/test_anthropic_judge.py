@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -17,11 +18,14 @@ import yaml
 
 from dpo_pipeline.config import load_params
 from dpo_pipeline.errors import ServiceError, UserError
-from dpo_pipeline.judging.claude import AnthropicJudge, BudgetExceeded
+from dpo_pipeline.judging.claude import AnthropicJudge
+from dpo_pipeline.judging.base import Usage
+from dpo_pipeline.judging.online import Attempt, Budget, BudgetExceeded
 from dpo_pipeline.judging.pairs import build_pairs
 from dpo_pipeline.judging.registry import make_judge
 from dpo_pipeline.judging.rubric import RubricJudge
 from dpo_pipeline.tasks import incident_triage as task
+from dpo_pipeline.tasks.incident_triage_data import generate
 from tests.helpers import FakeAnthropic, policy_answer, section
 
 KEY = "sk-ant-test-SECRET-0123456789"
@@ -30,7 +34,7 @@ POLICY = (Path(__file__).resolve().parents[1] / "data" / "incident_triage" / "po
 
 def samples(n: int = 12) -> list[dict]:
     """Sampled pairs with known quality differences: good vs over-escalated vs malformed vs identical."""
-    rows = task.generate(seed=11, n_sft=n, n_prompts=1, n_eval=1)["sft"]
+    rows = generate(seed=11, n_sft=n, n_prompts=1, n_eval=1)["sft"]
     out = []
     for i, r in enumerate(rows):
         good = '{"severity": "%s", "service": "%s", "summary": "%s"}' % (
@@ -84,10 +88,10 @@ def test_claude_judge_gives_the_rubric_preferences(tmp_path, rubric_pairs):
 
 
 def test_sampling_parameters_are_refused_as_the_api_refuses_them(tmp_path):
-    """Under API version 2026-10-21 every model refuses temperature: the params do not offer it, and the
-    test server answers it with the API's 400, which stops the stage with the API's message, not a retry."""
-    with pytest.raises(UserError, match="judge.temperature: unknown key"):
-        params_for(tmp_path, temperature=0.0)
+    """Under API version 2026-10-21 every model refuses temperature: Claude's requests never carry one
+    (judge.temperature is the openai backend's), and the test server answers it with the API's 400, which
+    stops the stage with the API's message, not a retry."""
+    assert "temperature" not in judge_with(params_for(tmp_path, temperature=0.0)).body("pairwise", ("p", "a", "b"))
     import anthropic
 
     with FakeAnthropic(policy_answer) as fake:
@@ -246,13 +250,49 @@ def test_a_request_that_keeps_failing_stops_with_one_line_and_keeps_the_rest(tmp
 def test_the_budget_stops_before_it_is_exceeded(tmp_path):
     with FakeAnthropic(policy_answer) as fake:
         probe = judge_with(params_for(tmp_path / "probe", base_url=fake.base_url))
-        one = probe.cost(*probe._tokens(probe.body("pairwise", (REPORT, GOOD, GOOD))))
-        cfg = params_for(tmp_path, base_url=fake.base_url, max_cost_usd=one * 2 * 2.5, concurrency=1)
+        bodies, _ = probe.requests("pairwise", [(r["prompt"], r["responses"][0]["text"], r["responses"][1]["text"])
+                                                for r in samples()])
+        # a judgment's worst case: asked, then with 4x the room, then once more (3x the input, 9x the output);
+        # what an answer does not use goes back, so a budget of 1.5 of them pays for a few cheap answers
+        worst = max(probe.worst_case(b) for b in bodies)
+        cfg = params_for(tmp_path, base_url=fake.base_url, max_cost_usd=worst * 1.5, concurrency=1)
         judge = judge_with(cfg)
         with pytest.raises(BudgetExceeded, match="judge.max_cost_usd"):
             build_pairs(samples(), judge)
         assert 0 < fake.message_count < unique_requests(samples())
     assert judge.usage.spent_usd <= cfg.max_cost_usd
+
+
+def test_the_budget_reserves_the_dearest_path_of_the_retry_table(tmp_path):
+    """A Haiku judge ($1 / $5) with an Opus fallback ($5 / $25), 200 tokens of room: the dearest way a judgment
+    can go is refused, then the fallback cut off at max_tokens, then the fallback with 4x the room."""
+    haiku, opus = "claude-haiku-4-5-20251001", "claude-opus-4-7"
+    judge = AnthropicJudge(params_for(tmp_path, model=haiku, refusal_fallback=opus, max_tokens=200), POLICY, None)
+    assert {(Attempt(haiku), Attempt(haiku, 4), Attempt(opus, 4)),  # cut off, then refused: issue 37's way
+            (Attempt(haiku), Attempt(opus), Attempt(opus, 4)),      # refused, then the fallback cut off
+            (Attempt(haiku), Attempt(haiku, 4), Attempt(haiku, 4))} <= set(judge.paths)
+    assert max(map(len, judge.paths)) == 3 and all(p[0] == Attempt(haiku) for p in judge.paths)
+    body = judge.body("pairwise", (REPORT, GOOD, GOOD.replace("SEV1", "SEV2")))
+    tokens_in = judge._tokens(body)[0]  # each request asks the same text: the bodies differ by a few characters
+    dearest = (tokens_in * (1 + 5 + 5) + 200 * 5 + 200 * 25 + 800 * 25) / 1e6
+    assert judge.worst_case(body) == pytest.approx(dearest, rel=1e-3)
+    old = judge.cost(tokens_in * 2, 200 * 5)  # what was reserved before: less than a third of it
+    assert judge.worst_case(body) > 3 * old
+
+
+def test_a_reservation_gives_back_what_its_judgment_did_not_use():
+    usage = Usage()
+    budget = Budget(1.0, usage)
+    held = budget.reserve(0.6)
+    assert budget.reserve(0.5) is None  # 0.6 held: 0.4 left
+    held.pay(0.1)
+    assert budget.room() == pytest.approx(0.4)  # 0.1 paid out of the 0.6
+    held.release()
+    assert budget.room() == pytest.approx(0.9) and usage.spent_usd == pytest.approx(0.1) and not budget.open
+    held = budget.reserve(0.9)
+    held.pay(0.95)  # a bill past its reservation (input above the estimate) is still what was spent
+    held.release()
+    assert usage.spent_usd == pytest.approx(1.05) and budget.reserve(0.0) is None
 
 
 def test_batch_mode_submits_once_and_resumes_by_id(tmp_path, rubric_pairs):
@@ -361,6 +401,56 @@ def test_killed_midway_then_rerun_requests_only_the_unfinished(tmp_path):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
     assert KEY not in out + err
+
+
+class LongestWay(FakeAnthropic):
+    """Every judgment goes the dearest way a judge with a fallback may be sent: the judge model is cut off at
+    max_tokens, then refuses with 4x the room, then the fallback answers. Every answer bills its whole
+    max_tokens, and the server keeps what it billed: (model, input tokens, output tokens) a message."""
+
+    def __init__(self, judge_model: str):
+        super().__init__(policy_answer)
+        self.judge_model, self.seen, self.billed = judge_model, set(), []
+
+    def make_message(self, body: dict, fault: str | None = None, service_tier: str = "standard") -> dict:
+        message = super().make_message(body, fault, service_tier)
+        question = (body["tools"][0]["name"], body["messages"][0]["content"])
+        with self._lock:
+            if body["model"] == self.judge_model:
+                first = question not in self.seen
+                self.seen.add(question)
+                message["content"], message["stop_reason"] = (
+                    ([], "max_tokens") if first else
+                    ([{"type": "text", "text": "I can't help with that.", "citations": None}], "refusal"))
+            message["usage"]["output_tokens"] = body["max_tokens"]
+            self.billed.append((body["model"], message["usage"]["input_tokens"], body["max_tokens"]))
+        return message
+
+
+def test_the_budget_holds_when_every_judgment_is_cut_off_then_refused(tmp_path):
+    """Issue 37: a Haiku judge, an Opus fallback, $0.50. Each judgment costs up to three requests (the judge,
+    the judge with 4x the room, the fallback): the budget reserves that worst case, so what the server bills
+    stays within it, and the stage's message says what was really spent once the requests in flight returned."""
+    judge_model, fallback = "claude-haiku-4-5-20251001", "claude-opus-4-7"
+    with LongestWay(judge_model) as fake:
+        work = stage_dir(tmp_path, fake.base_url)
+        raw = yaml.safe_load((work / "params.yaml").read_text())
+        raw["judge"].update(model=judge_model, refusal_fallback=fallback, max_cost_usd=0.5, concurrency=4)
+        (work / "params.yaml").write_text(yaml.safe_dump(raw))
+        proc = judge_process(work)
+        out, err = proc.communicate(timeout=120)
+    prices = load_params(work / "params.yaml").judge.prices
+    billed = sum((i * prices[m].input_per_mtok + o * prices[m].output_per_mtok) / 1e6 for m, i, o in fake.billed)
+    models = [m for m, _, _ in fake.billed]
+    assert proc.returncode == 1 and err.count("\n") == 1, err
+    said = re.search(r"judge.max_cost_usd \(\$0.50\) reached: \$(\d+\.\d{4}) spent", err)
+    assert said, err
+    print(f"\nbudget $0.50: the server billed ${billed:.4f} for {models.count(fallback)} judgments; {err.strip()}")
+    assert billed <= 0.5
+    assert float(said.group(1)) == pytest.approx(billed, abs=5e-5)
+    # Each judgment sent went all three ways, to its end; the budget was used, not stopped at the first.
+    assert models.count(judge_model) == 2 * models.count(fallback) and billed > 0.5 * 0.8
+    assert models.count(fallback) < unique_requests(samples(30))
 
 
 def test_anthropic_base_url_from_the_environment(tmp_path, monkeypatch):

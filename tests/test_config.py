@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,11 +57,19 @@ def edited(root, tmp_path, edit) -> str:
     (lambda r: r["model"].update(base="builtin:huge"), "unknown builtin model 'builtin:huge'; the builtins are "
                                                        "builtin:tiny, builtin:smollm2-135m"),
     (lambda r: r["sft"].update(max_rows=0), "sft.max_rows: Input should be greater than 0"),
-    (lambda r: r["sft"].update(micro_batches=3), "sft: Value error, micro_batches (3) must divide batch_size (32)"),
-    (lambda r: r["model"]["tiny"].update(micro_batches=0), "model.tiny.micro_batches: Input should be greater "
-                                                           "than or equal to 1"),
-    (lambda r: r["model"]["tiny"].update(batch_size=30), "model.tiny: Value error, micro_batches (4) must divide "
-                                                         "batch_size (30)"),
+    (lambda r: r["sft"].update(micro_batch_size=12), "sft: Value error, micro_batch_size (12) must divide "
+                                                      "batch_size (32)"),
+    (lambda r: r["model"]["tiny"].update(micro_batch_size=0), "model.tiny.micro_batch_size: Input should be "
+                                                              "greater than 0"),
+    (lambda r: r["model"]["tiny"].update(batch_size=30), "model.tiny: Value error, micro_batch_size (8) must "
+                                                         "divide batch_size (30)"),
+    (lambda r: r["train"].update(micro_batch_size=3), "train: Value error, micro_batch_size (3) must divide each "
+                                                      "process's batch, batch_size / num_processes (16)"),
+    (lambda r: r["train"].update(num_processes=4, micro_batch_size=8), "train: Value error, micro_batch_size (8) "
+                                                                       "must divide each process's batch"),
+    (lambda r: r["model"].update(quantization="int8"), "model.quantization: Input should be 'nf4'"),
+    (lambda r: r["train"].update(activation_checkpointing="sometimes"), "train.activation_checkpointing: Input "
+                                                                        "should be a valid boolean"),
     (lambda r: r["judge"].update(requests_per_minute=0), "judge.requests_per_minute: Input should be greater "
                                                          "than 0"),
     (lambda r: r["judge"].update(input_tokens_per_minute=-5), "judge.input_tokens_per_minute: Input should be "
@@ -91,6 +100,8 @@ def test_bad_params_name_the_key(root, tmp_path, edit, message):
     lambda r: r["judge"].update(requests_per_minute=4000, input_tokens_per_minute=2_000_000, batch_max_requests=5),
     lambda r: (r["model"].update(base="builtin:smollm2-135m"), r["sft"].update(max_rows=320),
                r["sample"].update(max_prompts=200), r["eval"].update(max_prompts=96)),
+    lambda r: (r["model"].update(quantization="nf4"), r["sft"].update(micro_batch_size=None, activation_checkpointing=True),
+               r["train"].update(num_processes=2, micro_batch_size=2, activation_checkpointing=True)),
 ])
 def test_valid_alternatives_load(root, tmp_path, edit):
     load_params(edited(root, tmp_path, edit))
@@ -250,6 +261,7 @@ def test_the_stage_log_gets_one_line_per_finished_stage_and_none_for_a_failed_on
 
     log = tmp_path / "stages.jsonl"
     monkeypatch.setenv(cli.STAGE_LOG, str(log))
+    monkeypatch.setattr(sys, "argv", ["stage"])  # not pytest's arguments: cli.run parses the command line
     cli.run(lambda: bytearray(50 * 2**20), needs_params=False)  # holds 50 MiB for a moment
 
     def failing():

@@ -55,6 +55,9 @@ def module_exists(name: str) -> bool:
     local = ROOT.joinpath(*parts)
     if local.with_suffix(".py").is_file() or (local / "__init__.py").is_file():
         return True
+    if parts[0] == "vllm":  # vLLM lives in the vLLM environment (make vllm), not this one: looked up there
+        found = list((ROOT / ".venv-vllm").glob(f"lib/python*/site-packages/{'/'.join(parts)}.py"))
+        return bool(found) or not (ROOT / ".venv-vllm").exists()
     spec = importlib.util.find_spec(parts[0])
     if spec is None:
         return False

@@ -75,7 +75,13 @@ def test_a_stage_fingerprint_lists_the_code_it_runs_and_no_plumbing(root):
     assert {"stages/train.py", "dpo_pipeline/models/dpo.py", "dpo_pipeline/models/kl.py",
             "dpo_pipeline/models/loading.py"} <= files["train"]
     assert {"dpo_pipeline/judging/claude.py", "dpo_pipeline/tasks/__init__.py", "my_task.py"} <= files["judge"]
-    assert not [f for f in files["judge"] if f.startswith("dpo_pipeline/models/")]  # judging loads no model
+    # what Claude's judge is built from: the prompts, the online requests and budget, batch mode
+    claude_judge = {f"dpo_pipeline/judging/{m}.py" for m in ("claude", "prompts", "online", "batches")}
+    assert claude_judge <= files["judge"] & files["eval"]
+    # judging loads no policy: only a reward model, which needs the device and where a model comes from
+    assert "dpo_pipeline/judging/reward_model.py" in files["judge"] & files["eval"]
+    assert {f for f in files["judge"] if f.startswith("dpo_pipeline/models/")} == {
+        "dpo_pipeline/models/device.py", "dpo_pipeline/models/manifest.py"}
     assert "dpo_pipeline/reporting/page.html" in files["report"]  # a template counts, byte for byte
     assert "my_task.py" not in files["train"] | files["sample"]
     # the tiny model's pre-training does not depend on how models are loaded, rounds or eval's machine record
@@ -83,6 +89,9 @@ def test_a_stage_fingerprint_lists_the_code_it_runs_and_no_plumbing(root):
                                    "dpo_pipeline/evaluation/machine.py"}
     plumbing = {f"dpo_pipeline/{m}.py" for m in ("cli", "config", "errors", "files", "fingerprint")}
     assert not plumbing & set().union(*files.values())
+    # the data generators are what tools.make_data runs, never a stage
+    assert not [f for f in set().union(*files.values())
+                if f.startswith("dpo_pipeline/tasks/") and f.endswith(("_data.py", "/synthetic.py"))]
 
 
 def test_only_code_changes_count_not_comments_docstrings_or_layout(tmp_path):
@@ -154,6 +163,8 @@ def test_a_code_change_reruns_the_stages_that_run_it_and_a_comment_reruns_none(r
                 "dpo_pipeline/judging/claude.py": {"judge", "eval"},
                 "dpo_pipeline/evaluation/schema.py": {"eval", "report"},
                 "dpo_pipeline/tasks/incident_triage.py": {"prepare", "judge", "eval", "report"},
+                "dpo_pipeline/tasks/incident_triage_data.py": set(),  # the selected task's generator: make data's
+                "dpo_pipeline/tasks/synthetic.py": set(),
                 "dpo_pipeline/tasks/number_summary.py": set(),  # not the selected task
                 "dpo_pipeline/config.py": set()}                # plumbing
     for path, stages_ in expected.items():

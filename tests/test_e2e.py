@@ -81,6 +81,7 @@ def reproduced(repo) -> str:
 
 def test_repro_writes_the_three_way_comparison(repo, reproduced):
     assert "report: reports/report.md" in reproduced
+    assert "\r" not in reproduced  # no library's progress bar in dvc's log (TRL's poured carriage returns)
     assert "Base vs SFT vs SFT+DPO" in sh(repo, "python", "-m", "stages.report", "--show")  # what make run prints
     ev = json.loads((repo / "metrics/eval.json").read_text())
     for metric in ("format_conformance", "severity_match", "faithfulness", "mean_tokens"):
@@ -495,6 +496,34 @@ def test_vllm_samples_and_evaluates_end_to_end(repo, reproduced):
         baseline_params(repo)
 
 
+def test_a_served_llm_judge_end_to_end(repo, reproduced, tmp_path_factory, tmp_path):
+    """judge.backend=openai through dvc against vLLM's OpenAI-compatible server on 127.0.0.1, serving
+    SmolLM2-135M-Instruct held to the verdict's schema by response_format: the judge and eval stages use it,
+    every answer valid, at a price of 0. Three temperatures, so each candidate is scored and best vs worst make
+    the pair (asked pairwise, SmolLM2 names A whichever order: both orders make every such verdict a tie)."""
+    from tests.helpers import VLLM_PYTHON, smollm2_folder, vllm_server
+
+    if not VLLM_PYTHON.exists() and not os.environ.get("CI"):
+        pytest.skip("no vLLM environment here: `make vllm` creates it (CI always has it)")
+    baseline_params(repo)
+    try:
+        with vllm_server(smollm2_folder(tmp_path_factory.getbasetemp()), "smollm2", tmp_path / "vllm.log") as server:
+            out = sh(repo, "dvc", "exp", "run", "-S", "judge.backend=openai", "-S", f"judge.base_url={server.base_url}",
+                     "-S", "judge.model=smollm2", "-S", "+judge.prices.smollm2={input_per_mtok: 0, output_per_mtok: 0}",
+                     "-S", "sample.temperatures=[0.7,1.0,1.3]", "-S", "sample.max_prompts=40",
+                     "-S", "eval.max_prompts=8", "-S", "judge.reliability_repeats=4",
+                     "-S", f"judge.cache_dir={tmp_path / 'cache'}", env={"OPENAI_API_KEY": ""})
+        for stage in ("sample", "judge", "train", "eval", "report"):
+            assert f"Running stage '{stage}'" in out, stage
+        judge = json.loads((repo / "metrics/judge.json").read_text())
+        assert judge["backend"] == "openai" and judge["candidates"] == 3 and judge["pairs"] > 0
+        assert judge["invalid_rate"] == 0 and judge["usage"]["cost_usd"] == 0
+        ev = json.loads((repo / "metrics/eval.json").read_text())
+        assert ev["judge"]["backend"] == "openai" and ev["judge"]["answers"] > 0 and ev["judge"]["invalid"] == 0
+    finally:
+        baseline_params(repo)
+
+
 def test_two_rounds_of_iterative_dpo(repo, reproduced):
     """Round 2 samples from round 1's policy and trains on top of it; round 1 is not re-run; eval compares
     every round; a later round's setting re-runs that round only."""
@@ -545,3 +574,47 @@ def test_two_rounds_of_iterative_dpo(repo, reproduced):
         sh(repo, "git", "checkout", "HEAD", "--", "params.yaml", "dvc.yaml", "dvc.lock", "metrics", "dvclive",
            "reports")
         sh(repo, "dvc", "checkout", "-f")
+
+
+def test_a_reward_model_judges_the_pipeline_and_the_simpo_profile(repo, reproduced, tmp_path):
+    """judge.backend=reward_model, a tiny reward model trained here on the rubric's pairs: it scores both
+    candidates of each prompt (the pair: the higher reward vs the lower; nothing asked in two orders), the report
+    gives the kept pairs' reward gap, and eval's judged metrics come from rewards (the mean reward in place of
+    faithfulness, win rates by comparing rewards). Then docs/judge.md's SimPO-style profile: five candidates at
+    one temperature, best vs worst of five."""
+    from tests.helpers import train_reward_model
+
+    sft = [json.loads(x) for x in (repo / "data/incident_triage/sft.jsonl").read_text().splitlines()]
+    rm = train_reward_model(tmp_path / "rm", sft[:150])
+    judge_settings = ["-S", "judge.backend=reward_model", "-S", f"judge.reward_model={rm}",
+                      "-S", f"judge.cache_dir={tmp_path / 'cache'}"]
+    baseline_params(repo)
+    try:
+        out = sh(repo, "dvc", "exp", "run", *judge_settings)
+        for stage in ("judge", "train", "eval", "report"):
+            assert f"Running stage '{stage}'" in out, stage
+        assert "Running stage 'sample'" not in out and "Running stage 'eval_baselines'" not in out
+        judge = json.loads((repo / "metrics/judge.json").read_text())
+        assert (judge["backend"], judge["candidates"], judge["position_consistency"]) == ("reward_model", 2, None)
+        assert judge["pairs"] > 0 and judge["pairs"] + judge["ties"] == judge["prompts"] == ROWS["prompts.jsonl"]
+        gap = judge["reward_gap"]
+        assert gap["n"] == judge["pairs"] and 0 < gap["min"] <= gap["median"] <= gap["max"]
+        assert 0 <= judge["agreement_with_rubric"] <= 1 and judge["calls"] == 2 * ROWS["prompts.jsonl"]
+        ev = json.loads((repo / "metrics/eval.json").read_text())
+        assert "faithfulness" not in ev and set(ev["reward"]) == {"base", "sft", "dpo"}
+        pw = ev["pairwise_dpo_vs_sft"]
+        assert pw["n"] == ROWS["eval.jsonl"] and pw["ci_low"] <= pw["win_rate"] <= pw["ci_high"]
+        trust = ev["judge_reliability"]
+        assert trust["backend"] == "reward_model" and trust["position_flip_rate"] is None
+        assert trust["self_consistency"] == 1.0 and trust["reference_backend"] == "rubric"
+        report = (repo / "reports/report.md").read_text()
+        assert "Reward gap of the kept pairs" in report and "| Reward (reward model, mean) |" in report
+        assert "reward" in json.loads((repo / "metrics/headline.json").read_text())
+        out = sh(repo, "dvc", "exp", "run", *judge_settings, "-S", "sample.temperatures=[0.8,0.8,0.8,0.8,0.8]",
+                 "-S", "sample.top_p=0.95")
+        assert "Running stage 'sample'" in out and "Running stage 'judge'" in out
+        judge = json.loads((repo / "metrics/judge.json").read_text())
+        assert judge["candidates"] == 5 and judge["pairs"] > 0 and judge["calls"] == 5 * ROWS["prompts.jsonl"]
+        assert set(judge["chosen_by_temperature"]) == {"0.8"}
+    finally:
+        baseline_params(repo)

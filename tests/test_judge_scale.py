@@ -24,6 +24,7 @@ from dpo_pipeline.judging.limits import (BATCH_MAX_BYTES, BATCH_MAX_REQUESTS, EN
 from dpo_pipeline.judging.pairs import build_pairs
 from dpo_pipeline.judging.rubric import RubricJudge
 from dpo_pipeline.tasks import incident_triage as task
+from dpo_pipeline.tasks.incident_triage_data import generate
 from tests.helpers import FakeAnthropic, policy_answer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ SLACK_S = 0.15  # how late a request may reach the server after its turn (a new 
 def rows(n: int = 12) -> list[dict]:
     """`n` prompts, two different responses each: 2n pairwise requests (both orders)."""
     out = []
-    for i, r in enumerate(task.generate(seed=11, n_sft=n, n_prompts=1, n_eval=1)["sft"]):
+    for i, r in enumerate(generate(seed=11, n_sft=n, n_prompts=1, n_eval=1)["sft"]):
         report = task.parse_report(r["prompt"])
         good = '{"severity": "%s", "service": "%s", "summary": "%s incident"}' % (
             task.policy_severity(r["prompt"]), report.service, report.service)

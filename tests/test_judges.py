@@ -16,7 +16,7 @@ BROKEN = GOOD[:20]
 class FirstPositionJudge:
     """A judge with pure position bias: always prefers whatever is shown first."""
 
-    name = "biased"
+    name, positional = "biased", True
 
     def __init__(self):
         self.usage = Usage()
@@ -28,7 +28,7 @@ class FirstPositionJudge:
 class InvalidJudge:
     """A judge whose every answer failed validation."""
 
-    name = "invalid"
+    name, positional = "invalid", True
 
     def __init__(self):
         self.usage = Usage()
@@ -122,7 +122,7 @@ def test_more_than_two_candidates_pair_the_best_with_the_worst():
 class PartlyInvalidScorer:
     """Scores the candidates in `valid` (flat indices over all prompts' candidates); the rest are invalid."""
 
-    name = "partly"
+    name, positional, margin = "partly", True, 0.0
 
     def __init__(self, valid: dict[int, int]):
         self.valid = valid

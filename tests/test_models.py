@@ -17,9 +17,10 @@ from tests.helpers import TEXTS
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     cfg = ModelParams(base="builtin:tiny", revision=None, sft=None, lora_target_modules="auto", max_length=128,
+                      quantization=None,
                       tiny=dict(
         vocab_size=320, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, epochs=1,
-        learning_rate=1e-3, batch_size=16, micro_batches=4))
+        learning_rate=1e-3, batch_size=16, micro_batch_size=4))
     out = tmp_path_factory.mktemp("base")
     info = train_tiny_base(TEXTS, cfg, seed=0, out_dir=out)
     return out, info
@@ -234,7 +235,7 @@ def test_prompts_too_long_for_the_context_are_found_not_crashed_on(micro):
 
 
 def test_micro_batches_take_each_step_the_examples_of_one_padded_batch(tmp_path):
-    """model.tiny.micro_batches / sft.micro_batches: each optimizer step's examples, cut by length into
+    """model.tiny.micro_batch_size / sft.micro_batch_size: each optimizer step's examples, cut by length into
     micro-batches, are the ones the default sampler puts in one batch, for any seed and epoch, with less padding.
     transformers' own batch_rebalance sampler shuffles with seed 42 whatever the seed: seeded_batches mends it."""
     import torch
@@ -247,7 +248,7 @@ def test_micro_batches_take_each_step_the_examples_of_one_padded_batch(tmp_path)
 
     def steps(trainer_class, seed: int, epoch: int, micro_batches: int) -> tuple[list[list[int]], int]:
         """Each step's example ids (sorted), and the tokens computed with each micro-batch padded."""
-        args = TrainingArguments(remove_unused_columns=False, **batching(8, micro_batches),
+        args = TrainingArguments(remove_unused_columns=False, **batching(8, 8 // micro_batches),
                                  **common_args(str(tmp_path), seed))
         trainer = trainer_class(model=torch.nn.Linear(1, 1), args=args, train_dataset=ds,
                                 data_collator=lambda rows: {"ids": [r["input_ids"] for r in rows]})

@@ -11,6 +11,7 @@ import pytest
 from dpo_pipeline.files import read_jsonl
 from dpo_pipeline.tasks import REQUIRED, get_task
 from dpo_pipeline.tasks import number_summary as t
+from dpo_pipeline.tasks import number_summary_data as d
 
 PROMPT = ("The Leeds depot sent its monthly figures. Output rose 12% to 340 units. "
           "Headcount is now 45 after 3 new hires. On-time delivery reached 94.5%.\n"
@@ -82,8 +83,13 @@ def test_response_metrics():
 def test_module_satisfies_the_task_protocol():
     from dpo_pipeline.config import TaskParams
 
-    task = get_task(TaskParams(name="number_summary", module="dpo_pipeline/tasks/number_summary.py"))
+    from dpo_pipeline.tasks.synthetic import generator
+
+    cfg = TaskParams(name="number_summary", module="dpo_pipeline/tasks/number_summary.py")
+    task = get_task(cfg)
     assert task is t
+    assert generator(cfg) is d.generate  # the generator is a file of its own, which no stage runs
+    assert not hasattr(t, "generate")
     assert all(hasattr(task, attr) for attr in REQUIRED)
     assert task.NAME == "number_summary"
     assert next(iter(task.METRICS)) == "format_conformance"
@@ -97,17 +103,17 @@ def test_reference_summaries_score_5():
     """The generator's good answers are what the rubric wants: the two read the same policy."""
     rng = random.Random(3)
     for _ in range(2000):
-        update = t._update(rng)
-        ref = t.reference_summary(update)
+        update = d.random_update(rng)
+        ref = d.reference_summary(update)
         assert t.rubric_score(update.prompt, ref)[0] == 5, (update.prompt, ref)
         assert 2 <= len(t.numbers(t.source_text(update.prompt))) <= 4
         assert t.subject_of(update.prompt) == update.subject
 
 
 def test_generate_is_deterministic_and_splits_are_disjoint():
-    a = t.generate(5, 300, 100, 50)
-    assert a == t.generate(5, 300, 100, 50)
-    assert a != t.generate(6, 300, 100, 50)
+    a = d.generate(5, 300, 100, 50)
+    assert a == d.generate(5, 300, 100, 50)
+    assert a != d.generate(6, 300, 100, 50)
     assert {k: len(v) for k, v in a.items()} == {"eval": 50, "prompts": 100, "sft": 300}
     assert a["sft"][7]["id"] == "sft-00007" and set(a["sft"][0]) == {"id", "prompt", "response"}
     assert set(a["eval"][0]) == {"id", "prompt"}
@@ -125,8 +131,8 @@ def shipped(request) -> dict[str, list[dict]]:
 
 
 def test_shipped_data_is_what_the_generator_writes(shipped):
-    # params.yaml's `data` section: seed 0, n_sft 4000, n_prompts 1000, n_eval 300
-    assert t.generate(0, 4000, 1000, 300) == shipped
+    # tools.make_data's defaults: seed 0, n_sft 4000, n_prompts 1000, n_eval 300
+    assert d.generate(0, 4000, 1000, 300) == shipped
     assert (Path(__file__).parents[1] / "data" / "number_summary" / "policy.md").is_file()
 
 

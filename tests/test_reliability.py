@@ -21,6 +21,7 @@ from dpo_pipeline.judging.reliability import reliability, repeat_sample
 from dpo_pipeline.judging.rubric import RubricJudge
 from dpo_pipeline.tasks import incident_triage as task
 from dpo_pipeline.tasks import number_summary
+from dpo_pipeline.tasks.incident_triage_data import generate
 from tests.helpers import FakeAnthropic, policy_answer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,7 +171,7 @@ def wrong_severity(prompt: str, good: str) -> str:
 def mixed_items(n: int = 12) -> list[tuple[str, str, str]]:
     """Right vs wrong severity both ways round, malformed vs right, and identical (a tie), in turn."""
     out = []
-    for i, r in enumerate(task.generate(seed=11, n_sft=n, n_prompts=1, n_eval=1)["sft"]):
+    for i, r in enumerate(generate(seed=11, n_sft=n, n_prompts=1, n_eval=1)["sft"]):
         p = r["prompt"]
         service = task.parse_report(p).service
         good = json.dumps({"severity": task.policy_severity(p), "service": service,

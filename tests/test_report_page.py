@@ -220,3 +220,36 @@ def test_each_filter_leaves_exactly_the_rows_it_names(tmp_path):
         assert page.console() == []
     finally:
         page.close()
+
+
+def test_a_permalink_opens_its_card_just_below_the_filter_bar_and_the_diff_takes_no_side(tmp_path):
+    """At 1400x1000 a permalinked card's header is just below the sticky filter bar: not under it, and not a
+    band lower. The words one answer lacks are highlighted alike in both columns, the legend says so."""
+    data, _, pairs = synthetic(30, 260, words=40)
+    write_page(tmp_path / "report.html", data, "synthetic")
+    page = Page(tmp_path / "report.html", width=1400, height=1000)
+    try:
+        for link in ("pair/prompts-00120", "pair/prompts-00003", "eval/eval-00012"):  # none the last of its page
+            page.open((tmp_path / "report.html").resolve().as_uri() + f"#{link}")
+            card, header, bar = page.driver.execute_script(
+                "const c = document.querySelector('.card.target'), v = c.closest('section');"
+                "return [c.id, c.querySelector('.top').getBoundingClientRect().top,"
+                "        v.querySelector('.bar').getBoundingClientRect().bottom];")
+            assert card == link and bar <= header <= bar + 16, (link, header, bar)
+
+        page.open((tmp_path / "report.html").resolve().as_uri() + "#pair/prompts-00001")
+        chosen, rejected = page.driver.find_elements("css selector", "#pairs-list .card.target pre")
+        pair = next(p for p in pairs if p["id"] == "prompts-00001")
+        for col, mine, other in ((chosen, pair["a"], pair["b"]), (rejected, pair["b"], pair["a"])):
+            marked = {m.text for m in col.find_elements("tag name", "mark")}
+            assert set(mine.split()) - set(other.split()) <= marked <= set(mine.split())
+        colours = {m.value_of_css_property("background-color") for m in
+                   page.driver.find_elements("css selector", "#pairs-list .card.target mark")}
+        assert len(colours) == 1  # one highlight: neither side reads as the wrong one
+        assert not page.driver.find_elements("css selector", "#pairs-list ins, #pairs-list del")
+        legend = page.driver.find_element("id", "pairs-legend")
+        assert legend.find_element("tag name", "mark").value_of_css_property("background-color") in colours
+        assert "not the colour, says which answer the judge chose" in legend.text
+        assert page.console() == []
+    finally:
+        page.close()

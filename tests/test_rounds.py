@@ -115,14 +115,19 @@ def test_rounds_params_are_validated():
         with_params(iterate__reference="base")
 
 
-def test_a_round_number_on_the_command_line_is_checked(tmp_path):
-    from dpo_pipeline.cli import round_arg
+def test_a_round_number_on_the_command_line_is_checked(capsys):
+    from dpo_pipeline.cli import stage_parser
     from dpo_pipeline.rounds import check
 
-    assert round_arg([]) == 1 and round_arg(["--round", "3"]) == 3
-    with pytest.raises(UserError, match="--round: expected a round number"):
-        round_arg(["--round", "x"])
-    with pytest.raises(UserError, match="rounds is 1 but dvc.yaml has stages for round 2"):
+    parser = stage_parser("A stage.", with_round=True)
+    assert parser.parse_args([]).round_num == 1 and parser.parse_args(["--round", "3"]).round_num == 3
+    for bad in (["--round", "x"], ["--round", "1"], ["--round2"]):
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args(bad)
+        assert stop.value.code == 2
+    assert "--round: expected a round number >= 2" in capsys.readouterr().err
+    check(PARAMS, 1)
+    with pytest.raises(UserError, match="--round 2: params.yaml's rounds is 1, so there is no round 2"):
         check(PARAMS, 2)
 
 

@@ -9,8 +9,9 @@ import pytest
 
 from dpo_pipeline.config import load_params
 from dpo_pipeline.files import read_jsonl
-from dpo_pipeline.tasks import get_task
 from dpo_pipeline.tasks import incident_triage as t
+from dpo_pipeline.tasks import incident_triage_data as d
+from dpo_pipeline.tasks.synthetic import generator
 from tools import make_data
 
 
@@ -38,8 +39,8 @@ def test_policy_rules(inc, want):
 def test_policy_read_from_text_alone_matches_the_incident():
     rng = random.Random(7)
     for _ in range(2000):
-        inc = t._incident(rng)
-        report = t.render_report(inc, rng)
+        inc = d.random_incident(rng)
+        report = d.render_report(inc, rng)
         assert t.policy_severity(report) == t.severity_of(inc), report
         assert t.parse_report(report).service == inc.service
 
@@ -85,7 +86,8 @@ def shipped(request):
 
 def test_shipped_data_is_what_the_generator_writes(shipped):
     params, data = shipped
-    assert get_task(params.task).generate(**make_data.DEFAULTS) == data
+    assert generator(params.task) is d.generate
+    assert d.generate(**make_data.DEFAULTS) == data
 
 
 def test_no_prompt_in_two_splits(shipped):

@@ -4,13 +4,17 @@ its absence a one-line error naming it and why."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from dpo_pipeline.config import JudgeParams, TaskParams, load_params
 from dpo_pipeline.errors import UserError
+from dpo_pipeline.files import read_jsonl
 from dpo_pipeline.judging.registry import make_judge, reference_judge
 from dpo_pipeline.tasks import HOOKS, get_task, need
 from tests.helpers import run_stage
@@ -113,3 +117,37 @@ def test_bad_sft_rows_are_refused_naming_file_and_line(my_task):
     assert (proc.returncode, proc.stderr.count("\n")) == (2, 1), proc.stderr
     assert proc.stderr.startswith("error: data/my_task/sft.jsonl:1: ")
     assert not (my_task / "artifacts" / "sft_data.jsonl").exists()
+
+
+# A generator that reads its task module: the task's folder is importable while it loads.
+GENERATOR = """from my_task import METRICS
+
+
+def generate(seed, n_sft, n_prompts, n_eval):
+    def rows(split, n):
+        return [{"id": f"{split}-{i}", "prompt": f"{split} {seed} {i}?"} for i in range(n)]
+    return {"sft": [dict(r, response=next(iter(METRICS))) for r in rows("sft", n_sft)],
+            "prompts": rows("prompts", n_prompts), "eval": rows("eval", n_eval)}
+"""
+
+
+def test_the_data_generator_is_a_file_beside_the_task(root, my_task):
+    """make_data runs generate() from my_task_data.py, which no stage runs (tests/test_dvc_wiring.py)."""
+    def make_data():
+        return subprocess.run([sys.executable, "-m", "tools.make_data", "--seed", "4", "--n-sft", "2",
+                               "--n-prompts", "1", "--n-eval", "1"], cwd=my_task, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+
+    proc = make_data()
+    assert (proc.returncode, proc.stderr.strip()) == (2, "error: task my_task: python -m tools.make_data writes the "
+                                                          "task's data files with generate() in my_task_data.py (no "
+                                                          "such file; see examples/task_template.py)")
+    (my_task / "my_task_data.py").write_text("GENERATE = None\n")
+    assert "(it defines no generate(); see" in make_data().stderr
+    (my_task / "my_task_data.py").write_text(GENERATOR)
+    proc = make_data()
+    assert proc.returncode == 0, proc.stderr
+    data = my_task / "data" / "my_task"
+    assert read_jsonl(data / "sft.jsonl") == [{"id": f"sft-{i}", "prompt": f"sft 4 {i}?",
+                                                "response": "format_conformance"} for i in range(2)]
+    assert read_jsonl(data / "eval.jsonl") == [{"id": "eval-0", "prompt": "eval 4 0?"}]

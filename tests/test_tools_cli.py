@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ("estimate", "gate", "make_data", "pr_report", "rounds", "seeds", "sweep")
+TOOLS = ("estimate", "gate", "judges", "make_data", "pr_report", "rounds", "seeds", "sweep")
 BARE_PATH = "/usr/bin:/bin"  # no venv on it: the tools must find the venv's dvc by themselves
 
 
@@ -56,7 +56,10 @@ BAD = [("estimate", "--no-such-flag"), ("estimate", "extra"), ("gate", "--no-suc
        ("rounds", "two"), ("seeds", "--no-such-flag"), ("seeds", "x"), ("seeds", "1", "--no-such-flag"),
        ("sweep", "--no-such-flag"), ("sweep", "extra"), ("make_data", "--n-sft", "0"), ("make_data", "--n-eval", "x"),
        ("make_data", "--seed", "1.5"), ("gate", "--rate-band", "0"), ("gate", "--score-band", "-1"),
-       ("gate", "--min-ci-low", "1")]
+       ("gate", "--min-ci-low", "1"), ("judges", "--no-such-flag"), ("judges",), ("judges", "--judges", "rubric"),
+       ("judges", "--judges", "rubric", "rubric"), ("judges", "--judges", "rubric", "nope"),
+       ("judges", "--judges", "rubric", "reward_model", "--n", "0"),
+       ("judges", "--judges", "rubric", "reward_model", "--from", "elsewhere")]
 
 
 @pytest.mark.parametrize("args", BAD, ids=[" ".join(a) for a in BAD])

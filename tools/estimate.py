@@ -24,7 +24,7 @@ from rich.table import Table
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.files import read_jsonl, read_text
-from dpo_pipeline.evaluation.schema import models
+from dpo_pipeline.evaluation.schema import JUDGED, models
 from dpo_pipeline.evaluation.schema import pairs as eval_pairs
 from dpo_pipeline.judging.base import Estimate
 from dpo_pipeline.judging.registry import make_judge
@@ -57,7 +57,7 @@ def main(params: Params) -> None:
         print(f"preferences.source is {params.preferences.source}: the judge stage judges nothing")
     for r in range(1, params.rounds + 1) if params.preferences.generated else ():
         suffix = f", round {r}" if params.rounds > 1 else ""
-        if k == 2:
+        if k == 2 and judge.positional:  # a reward model scores both candidates instead
             pairs = [(p, a, b) for p, (a, b) in candidates(params, r)]
             rows[f"judge (pairwise, both orders{suffix})"] = judge.estimate(
                 "pairwise", pairs + [(p, b, a) for p, a, b in pairs])
@@ -66,7 +66,7 @@ def main(params: Params) -> None:
                 "score", [(p, text) for p, texts in candidates(params, r) for text in texts])
     n_models, n_pairs = len(models(params.rounds)), len(eval_pairs(params.rounds))
     rows |= {
-        f"eval (faithfulness, {n_models} models)": judge.estimate(
+        f"eval ({JUDGED[judge.pointwise].name}, {n_models} models)": judge.estimate(
             "score", [(p, worst_eval + str(m)) for m in range(n_models) for p in prompts]),
         # DPO vs SFT, DPO vs base, SFT vs base, and each later round vs SFT and vs the round before
         # (evaluation.schema.pairs), each in both orders

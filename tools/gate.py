@@ -18,7 +18,7 @@ from pathlib import Path
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
-from dpo_pipeline.evaluation.schema import MODELS, PAIRWISE, Metric, headline, model_metrics
+from dpo_pipeline.evaluation.schema import MODELS, PAIRWISE, Metric, headline, judged_metric, model_metrics
 from dpo_pipeline.tasks import get_task
 
 
@@ -66,8 +66,12 @@ def main(params: Params, args: argparse.Namespace) -> None:
     if shown.returncode != 0:
         raise UserError(f"no {path} committed at {ref}: {shown.stderr.strip()}")
     cfg = GateParams(rate_band=args.rate_band, score_band=args.score_band, min_ci_low=args.min_ci_low)
-    found = problems(json.loads(Path(path).read_text()), json.loads(shown.stdout), cfg,
-                     model_metrics(get_task(params.task)))
+    new, old = json.loads(Path(path).read_text()), json.loads(shown.stdout)
+    judged = judged_metric(new)  # faithfulness, or a reward model's reward
+    if judged.key not in old:
+        raise UserError(f"{path} at {ref} has no {judged.key}: it was judged by another kind of judge; compare "
+                        "runs of the same judge")
+    found = problems(new, old, cfg, model_metrics(get_task(params.task), judged))
     for line in found:
         print(f"gate: {line}", file=sys.stderr)
     if found:

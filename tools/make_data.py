@@ -4,7 +4,8 @@
     python -m tools.make_data --n-sft 2000 --seed 1
 
 Not a DVC stage on purpose: data/*.jsonl are inputs a user may replace with their own. The task is
-params.yaml's `task`; the generator's settings are these flags, not params (no stage reads them).
+params.yaml's `task`; its generator is generate() in <task>_data.py beside the task module, which no stage
+runs; the generator's settings are these flags, not params (no stage reads them).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import argparse
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.files import write_jsonl
-from dpo_pipeline.tasks import get_task, need
+from dpo_pipeline.tasks.synthetic import generator
 
-# The settings the shipped data/ files were written with: the task's generate(seed, n_sft, n_prompts, n_eval).
+# The settings the shipped data/ files were written with: generate(seed, n_sft, n_prompts, n_eval).
 DEFAULTS = {"seed": 0,            # the generator's seed
             "n_sft": 4000,        # rows of sft.jsonl
             "n_prompts": 1000,    # rows of prompts.jsonl
@@ -24,7 +25,7 @@ DEFAULTS = {"seed": 0,            # the generator's seed
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    splits = need(get_task(params.task), "generate")(args.seed, args.n_sft, args.n_prompts, args.n_eval)
+    splits = generator(params.task)(args.seed, args.n_sft, args.n_prompts, args.n_eval)
     files = params.task_files
     for split, path in (("sft", files.sft_data), ("prompts", files.prompts), ("eval", files.eval_prompts)):
         write_jsonl(path, splits[split])

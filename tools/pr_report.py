@@ -18,7 +18,7 @@ from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.evaluation.compare import (PairedChange, SideBySide, paired_change, run_ci, shared_prompts,
                                              side_by_side)
-from dpo_pipeline.evaluation.schema import PAIRWISE, headline, model_metrics
+from dpo_pipeline.evaluation.schema import PAIRWISE, headline, judged_metric, model_metrics
 from dpo_pipeline.files import read_jsonl
 from dpo_pipeline.reporting.revisions import committed_json, dvc, output_file
 from dpo_pipeline.tasks import get_task
@@ -66,7 +66,7 @@ def headlines(base: str, params: Params) -> list[str]:
         runs[side], runs[f"{side}_ci"] = committed_json(rev, paths.eval_metrics), committed_json(rev, paths.eval_ci)
     # (eval.json key, per-prompt field, label, higher is better, SFT+DPO's entry under the key)
     rows = [(m.key, m.source_field, m.label, m.higher_is_better, "dpo")
-            for m in headline(model_metrics(get_task(params.task)))]
+            for m in headline(model_metrics(get_task(params.task), judged_metric(runs["head"])))]
     rows.append((PAIRWISE, "", PAIRWISE_LABEL, True, "win_rate"))
     rows = [r for r in rows if r[0] in runs["base"] or r[0] in runs["head"]]
     if not rows:

@@ -23,7 +23,7 @@ from dpo_pipeline import cli
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import ServiceError, UserError
 from dpo_pipeline.evaluation import seeds
-from dpo_pipeline.evaluation.schema import model_metrics
+from dpo_pipeline.evaluation.schema import judged_metric, model_metrics
 from dpo_pipeline.files import read_jsonl, write_json, write_text
 from dpo_pipeline.reporting.revisions import output_file
 from dpo_pipeline.tasks import get_task
@@ -75,7 +75,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     paths = params.paths
     runs = {str(params.seed): read_jsonl(paths.eval_outputs, required=("id", "sft", "dpo"))}
     runs |= {str(s): outputs_of(f"seed-{s}", paths.eval_outputs) for s in train_seeds}
-    metrics = model_metrics(get_task(params.task))
+    metrics = model_metrics(get_task(params.task), judged_metric(runs[str(params.seed)][0]["dpo"]))
     result = {"seeds": [params.seed, *train_seeds], "n_prompts": len(runs[str(params.seed)]),
               "fingerprint": seeds.fingerprint(params.model_dump()),
               "metrics": seeds.summarize(runs, metrics, params.eval.bootstrap_samples, params.seed)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
 from dpo_pipeline.files import read_jsonl
+from dpo_pipeline.models.engines.base import Decoding
 
 
 def refuse_overlap(params: Params, rows: list[dict]) -> None:
@@ -20,19 +21,8 @@ def refuse_overlap(params: Params, rows: list[dict]) -> None:
                                 f"{seen[r['prompt']]!r}; held-out prompts must be in no other split")
 
 
-def decode(model, tokenizer, prompts: list[str], params: Params, name: str) -> list[dict]:
-    """`name`'s outputs with eval's decoding and seed, the same for every model, so base, SFT and SFT+DPO
-    differ by their weights only (with num_processes > 1, a share of the batches each)."""
-    from dpo_pipeline.models import parallel
-
+def decoding(params: Params) -> Decoding:
+    """Eval's decoding and seed, the same for every model, so base, SFT and SFT+DPO differ by their weights
+    only (every engine seeds each prompt by itself from it)."""
     cfg = params.eval
-    return parallel.generate(model, tokenizer, prompts, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=params.seed,
-                             label=f"eval {name}")
-
-
-def requests(prompts: list[str], params: Params, lora: bool = False) -> dict:
-    """The same decoding and seeds as `decode`, as one group of vLLM requests (models/engines.py)."""
-    cfg = params.eval
-    return {"prompts": prompts, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
-            "max_new_tokens": cfg.max_new_tokens, "seed": params.seed, "lora": lora}
+    return Decoding(cfg.temperature, cfg.top_k, cfg.top_p, cfg.max_new_tokens, params.seed)

@@ -67,7 +67,8 @@ def pair_models(key: str) -> tuple[str, str]:
 class Metric:
     key: str            # the entry in eval.json: {key: {base, sft, dpo}}
     label: str          # for tables and charts
-    kind: Literal["rate", "score", "count"]  # rate: share in [0, 1]; score: the judge's 1-5; count: a mean
+    # rate: share in [0, 1]; score: the judge's 1-5; reward: a reward model's float, on its own scale; count: a mean
+    kind: Literal["rate", "score", "reward", "count"]
     source: Literal["heuristic", "judge"]    # computed from the text, or asked of the judge
     higher_is_better: bool | None            # None: neither (a length is not better or worse by itself)
     field: str = ""     # the per-response field averaged (eval_outputs.jsonl); defaults to key
@@ -79,12 +80,13 @@ class Metric:
 
     @property
     def scale(self) -> tuple[float, float] | None:
+        """Its bounds; None: unbounded (a count, a reward)."""
         return {"rate": (0.0, 1.0), "score": (1.0, 5.0)}.get(self.kind)
 
     @property
     def per_prompt(self) -> bool:
         """Averaged over prompts with a bootstrap CI, and compared DPO vs SFT prompt by prompt."""
-        return self.kind in ("rate", "score")
+        return self.kind in ("rate", "score", "reward")
 
     @property
     def source_field(self) -> str:
@@ -92,14 +94,25 @@ class Metric:
 
 
 FAITHFULNESS = Metric("faithfulness", "Faithfulness (judge, 1-5)", "score", "judge", True)
+# A reward model gives a float on its own scale and no reason: its mean reward stands where the 1-5
+# faithfulness would, under its own name, never converted to 1-5 (docs/judge.md).
+REWARD = Metric("reward", "Reward (reward model, mean)", "reward", "judge", True)
+JUDGED = {"score": FAITHFULNESS, "reward": REWARD}  # by what the judge answers pointwise (Judge.pointwise)
 LENGTH = Metric("mean_tokens", "Mean length (tokens)", "count", "heuristic", None, field="tokens")
 
 
-def model_metrics(task: Task) -> list[Metric]:
+def model_metrics(task: Task, judged: Metric = FAITHFULNESS) -> list[Metric]:
     """eval.json's per-model metrics in display order: the task's rates (its METRICS, each a heuristic rate
-    in [0, 1], higher better), the judge's faithfulness score, the mean length."""
+    in [0, 1], higher better), the judge's pointwise metric (`judged`: faithfulness 1-5, or a reward model's
+    mean reward), the mean length."""
     return [Metric(key, label, "rate", "heuristic", True) for key, label in task.METRICS.items()] + \
-        [FAITHFULNESS, LENGTH]
+        [judged, LENGTH]
+
+
+def judged_metric(found: dict) -> Metric:
+    """The judge's pointwise metric that an eval.json (or one model's entry of an eval_outputs.jsonl record)
+    holds: a reward model's reward, else faithfulness."""
+    return REWARD if REWARD.key in found else FAITHFULNESS
 
 
 def headline(metrics: list[Metric]) -> list[Metric]:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from dpo_pipeline.errors import UserError
-from dpo_pipeline.evaluation.schema import FAITHFULNESS, MODELS, PAIRS, Metric
+from dpo_pipeline.evaluation.schema import MODELS, PAIRS, Metric
 from dpo_pipeline.evaluation.stats import OUTCOME, bootstrap_ci, length_controlled, pairwise_summary
-from dpo_pipeline.judging.base import Judged, Score
+from dpo_pipeline.judging.base import Judged, Reward, Score
 from dpo_pipeline.tasks import Task
 
 OUTCOMES = {"A": "win", "B": "loss", "tie": "tie"}  # the verdict on (first, second), as the first's outcome
@@ -22,14 +22,15 @@ def pair_items(rows: list[dict], outputs: dict[str, list[dict]],
             for a, b in pairs.values() for i, row in enumerate(rows)]
 
 
-def records(rows: list[dict], outputs: dict[str, list[dict]], scores: list[Score | None], judged: list[Judged],
-            task: Task, metrics: list[Metric], models: tuple[str, ...] = MODELS,
+def records(rows: list[dict], outputs: dict[str, list[dict]], scores: list[Score | Reward | None],
+            judged: list[Judged], task: Task, metrics: list[Metric], models: tuple[str, ...] = MODELS,
             pairs: dict[str, tuple[str, str]] = PAIRS) -> list[dict]:
     """One record a prompt: each model's text, tokens, heuristic metrics and judge score, and each pair's
     verdict. `scores` holds the models' scores one model after another, in `models` order; `judged` the pairs'
     verdicts one pair after another, in `pairs` order (`pair_items`). More than MODELS and PAIRS: the later
     rounds of iterative DPO (schema.models, schema.pairs)."""
-    declared = {m.source_field for m in metrics} - {"tokens", FAITHFULNESS.key}
+    judge = next(m for m in metrics if m.source == "judge")  # faithfulness 1-5, or a reward model's reward
+    declared = {m.source_field for m in metrics if m.source != "judge"} - {"tokens"}
     out = []
     for i, row in enumerate(rows):
         rec = {"id": row["id"], "prompt": row["prompt"]}
@@ -40,7 +41,7 @@ def records(rows: list[dict], outputs: dict[str, list[dict]], scores: list[Score
                 raise UserError(f"task {task.NAME}: response_metrics gives {sorted(heuristics)} but METRICS "
                                 f"declares {sorted(declared)}")
             rec[name] = {"text": text, "tokens": outputs[name][i]["tokens"], **heuristics,
-                         FAITHFULNESS.key: None if score is None else score.score}
+                         judge.source_field: None if score is None else score.value}
         for k, key in enumerate(pairs):
             j = judged[k * len(rows) + i]
             rec[key] = {"outcome": None if j.verdict is None else OUTCOMES[j.verdict.winner],

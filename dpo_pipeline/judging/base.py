@@ -1,13 +1,16 @@
 """The judge interface: what every backend is, and what callers may ask of it.
 
-A judge takes a batch of items and returns, for each, a pointwise 1-5 score or a pairwise verdict (A, B or
-tie), each with a reason, or None when the judge's answer was invalid (excluded, never guessed). Batches
+A judge takes a batch of items and returns, for each, a pointwise answer or a pairwise verdict (A, B or
+tie), or None when the judge's answer was invalid (excluded, never guessed). The pointwise answer is what the
+judge gives (`pointwise`): a 1-5 `Score` with a reason (rubric, LLM judges), or a `Reward`, an unbounded float
+with no reason (a reward model); callers rank either by its `value`. Batches
 let a remote backend run requests concurrently; the offline rubric just loops. It also says, before
 anything is sent, what a batch would cost (`estimate`), and after, what was spent (`usage`).
 `pairwise_both_orders` asks every pair twice with the positions swapped and calls a disagreement a tie, so
 position bias cannot pick a winner. `repeat` asks the same items again as a separate judgment (its own
 cache entry), for self-consistency (reliability.py); a deterministic backend may ignore it. Backends are
-peers (rubric.py, claude.py), built only by registry.py: no caller names a backend.
+peers (rubric.py, claude.py, openai_compat.py, reward_model.py), built only by registry.py: no caller names a
+backend.
 """
 
 from __future__ import annotations
@@ -24,6 +27,21 @@ class Score(BaseModel):
     model_config = ConfigDict(extra="forbid")
     score: int = Field(ge=1, le=5, description="1 = ignores the policy or the schema, 5 = follows both")
     reason: str = Field(description="one sentence")
+
+    @property
+    def value(self) -> int:  # a property: not in the schema an LLM judge is asked to fill
+        return self.score
+
+
+class Reward(BaseModel):
+    """A reward model's answer: an unbounded float, higher is better, on the model's own scale, and no reason."""
+
+    model_config = ConfigDict(extra="forbid")
+    reward: float
+
+    @property
+    def value(self) -> float:
+        return self.reward
 
 
 class Verdict(BaseModel):
@@ -82,10 +100,15 @@ class Judge(ABC):
     name: str       # recorded as `backend` in metrics
     remote: bool    # sends paid requests: the stages then report spend and agreement with the rubric
     usage: Usage
+    pointwise: Literal["score", "reward"] = "score"  # what score_all returns: a 1-5 Score, or a float Reward
+    # Asked about a pair, may its answer depend on which response comes first? Then a pair is asked in both
+    # orders; a judge that scores each response on its own (a reward model) scores both once instead.
+    positional: bool = True
+    margin: float = 0.0  # best - worst <= margin is a tie (a reward model: judge.reward_margin)
 
     @abstractmethod
-    def score_all(self, items: list[tuple[str, str]]) -> list[Score | None]:
-        """(prompt, response) -> score, or None for an invalid answer."""
+    def score_all(self, items: list[tuple[str, str]]) -> list[Score | Reward | None]:
+        """(prompt, response) -> score (or reward, as `pointwise` says), or None for an invalid answer."""
 
     @abstractmethod
     def pairwise_all(self, items: list[tuple[str, str, str]], repeat: int = 0) -> list[Verdict | None]:
@@ -107,6 +130,7 @@ class Judged:
     first: Verdict | None = None     # the answer in the order given, before the swap (self-consistency)
     second: Verdict | None = None    # the answer with the positions swapped, its winner as the judge named it
     asked: bool = True               # False: two identical responses, a tie without asking the judge
+    gap: float | None = None         # best vs worst: the best's value minus the worst's (a reward gap)
 
 
 IDENTICAL = Verdict(winner="tie", reason="identical responses")
@@ -115,11 +139,16 @@ IDENTICAL = Verdict(winner="tie", reason="identical responses")
 def pairwise_both_orders(judge: Judge, items: list[tuple[str, str, str]]) -> list[Judged]:
     """Each (prompt, a, b) judged as (a, b) and as (b, a), all in one batch; disagreement -> tie. Two
     identical responses are a tie without a request: no judgment could change that outcome, and with a paid
-    judge they were 18% of the defaults' bill."""
+    judge they were 18% of the defaults' bill. A judge that is not `positional` (it scores each response on
+    its own) is asked once: there is no position to swap."""
     out = [Judged(IDENTICAL, True, asked=False) for _ in items]
     distinct = [i for i, (_, a, b) in enumerate(items) if a != b]
     asked = [items[i] for i in distinct]
     judge.usage.identical_skipped += len(items) - len(asked)
+    if not judge.positional:
+        for i, verdict in zip(distinct, judge.pairwise_all(asked)):
+            out[i] = Judged(verdict, verdict is not None, first=verdict)
+        return out
     answers = judge.pairwise_all(asked + [(p, b, a) for p, a, b in asked])
     for i, first, second in zip(distinct, answers[:len(asked)], answers[len(asked):]):
         if first is None or second is None:

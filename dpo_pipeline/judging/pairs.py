@@ -4,6 +4,7 @@ more; and label noise on purpose (garbage in, to watch garbage out)."""
 from __future__ import annotations
 
 import random
+import statistics
 from collections import Counter
 
 from dpo_pipeline.chat import assistant, user
@@ -12,25 +13,34 @@ from dpo_pipeline.judging.base import Judge, Judged, Verdict, pairwise_both_orde
 
 def best_vs_worst(judge: Judge, samples: list[dict]) -> list[Judged]:
     """Score every candidate; the verdict says which of the best ("A") and the worst ("B") won, with the
-    candidates' indices in `picks`. Fewer than two valid scores: invalid. Equal best and worst: a tie."""
+    candidates' indices in `picks` and the best's value minus the worst's in `gap`. Fewer than two valid
+    scores: invalid. Best and worst within `judge.margin` of each other (equal, for a 1-5 score): a tie."""
     items = [(row["prompt"], r["text"]) for row in samples for r in row["responses"]]
     scores = iter(judge.score_all(items))
     out = []
     for row in samples:
-        valid = [(s.score, i) for i, s in enumerate(next(scores) for _ in row["responses"]) if s is not None]
+        valid = [(s.value, i) for i, s in enumerate(next(scores) for _ in row["responses"]) if s is not None]
         if len(valid) < 2:
             out.append(Judged(None, False))
             continue
         best = min(valid, key=lambda x: (-x[0], x[1]))  # the highest score, the first candidate among equals
         worst = min(valid)                               # the lowest score, the first among equals
-        winner = "tie" if best[0] == worst[0] else "A"
-        out.append(Judged(Verdict(winner=winner, reason=f"best {best[0]} vs worst {worst[0]} of {len(valid)}"),
-                          True, picks=(best[1], worst[1])))
+        winner = "tie" if best[0] - worst[0] <= judge.margin else "A"
+        out.append(Judged(Verdict(winner=winner, reason=f"best {shown(best[0])} vs worst {shown(worst[0])} of "
+                                                        f"{len(valid)}"),
+                          True, picks=(best[1], worst[1]), gap=best[0] - worst[0]))
     return out
 
 
+def shown(value: float) -> str:
+    """A 1-5 score as it is; a reward to 4 decimals."""
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
+
+
 def build_pairs(samples: list[dict], judge: Judge) -> tuple[list[dict], list[Judged], Counter]:
-    if len(samples[0]["responses"]) > 2:
+    """Two candidates are judged as a pair, in both orders; more, or a judge that scores each response on its
+    own (not `positional`: a reward model), are scored each and make best vs worst."""
+    if len(samples[0]["responses"]) > 2 or not judge.positional:
         judged = best_vs_worst(judge, samples)
     else:
         items = [(row["prompt"], row["responses"][0]["text"], row["responses"][1]["text"]) for row in samples]
@@ -77,6 +87,16 @@ def judgments(samples: list[dict], judged: list[Judged]) -> list[dict]:
         rows.append({"id": row["id"], "picks": list(j.picks), "kept": dropped is None, "dropped": dropped,
                      "winner": None if j.verdict is None else j.verdict.winner, "orders": orders})
     return rows
+
+
+def reward_gaps(judged: list[Judged]) -> dict | None:
+    """The kept pairs' gaps, best minus worst (a reward model's: on its own scale): n, mean, median, min, max;
+    None when no kept pair has one."""
+    gaps = sorted(j.gap for j in judged if j.gap is not None and j.verdict is not None and j.verdict.winner != "tie")
+    if not gaps:
+        return None
+    return {"n": len(gaps), "mean": round(statistics.fmean(gaps), 4), "median": round(statistics.median(gaps), 4),
+            "min": round(gaps[0], 4), "max": round(gaps[-1], 4)}
 
 
 def add_label_noise(pairs: list[dict], rate: float, seed: int) -> tuple[list[dict], int]:

@@ -15,6 +15,12 @@ def make_judge(cfg: JudgeParams, task: Task, policy: str, *, send: bool = True) 
     if cfg.backend == "rubric":
         need(task, "rubric_score")
         return reference_judge(task)
+    if cfg.backend == "reward_model":  # imported here: torch and transformers only when a reward model judges
+        from dpo_pipeline.judging.reward_model import RewardModelJudge
+        return RewardModelJudge(cfg)
+    if cfg.backend == "openai":  # any OpenAI-compatible server; a key only where it asks for one
+        from dpo_pipeline.judging.openai_compat import OpenAIJudge, api_key_from_env
+        return OpenAIJudge(cfg, policy, api_key_from_env(cfg) if send else None)
     # Imported here: the SDK is only needed when Claude judges.
     from dpo_pipeline.judging.claude import AnthropicJudge, api_key_from_env
 

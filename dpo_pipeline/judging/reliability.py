@@ -5,7 +5,8 @@ requests are the repeats:
 
 - position_flip_rate: of the items with both answers valid, the share whose two orders disagree (not
   `consistent`): the verdict moved with the order. A judge that always picks the first position flips on
-  every item, even where the responses are equal and an unbiased judge would tie both ways.
+  every item, even where the responses are equal and an unbiased judge would tie both ways. None for a judge
+  that scores each response on its own (a reward model: not `positional`), asked in one order only.
 - self_consistency: a seeded sample of `repeats` items whose first answer was valid (numpy
   `default_rng(seed)`) is asked again in the first order, as repeat 1: for the anthropic judge a real second
   request with its own cache entry, so a re-run pays nothing and a repeat is never served the first answer.
@@ -48,7 +49,7 @@ def reliability(judge: Judge, items: list[Item], judged: list[Judged], *, repeat
         "backend": judge.name,
         "n": len(items),
         "n_valid": len(valid),
-        "position_flip_rate": share([not j.consistent for j in valid]),
+        "position_flip_rate": share([not j.consistent for j in valid]) if judge.positional else None,
         **self_consistency(judge, items, judged, repeats, seed),
         **truth_agreement(items, judged, ground_truth(task)),
         **reference_agreement(judge, items, judged, reference),

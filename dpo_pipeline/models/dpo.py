@@ -11,13 +11,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dpo_pipeline.config import TrainParams
-from dpo_pipeline.models.training import common_args
+from dpo_pipeline.models.training import batching, common_args
 
 
 def dpo_config(output_dir: str, seed: int, cfg: TrainParams, max_length: int, world_size: int = 1):
     """TRL's DPOConfig from `train` params. The global batch stays `cfg.batch_size` whatever the number of
-    processes (each takes an equal share), so runs with 1 or N processes compare."""
+    processes (each takes an equal share) and micro batch (each share in forward passes of
+    `micro_batch_size` pairs, gradients accumulated), so runs with 1 or N processes, 1 or N passes compare.
+
+    Micro-batches are equal slices of the shuffled order (`batching` without rebalance). The DPO loss is then
+    the whole batch's, up to float rounding; the `sft` term is not quite: TRL averages it over the chosen
+    tokens of each micro-batch (it takes no token count), so micro-batches with fewer tokens weigh their
+    tokens more. The validation pass runs at the micro batch too, and so does the reference's pass before
+    training (precompute_ref_log_probs, sized by these two); TRL averages validation rewards per batch, so
+    with held-out pairs that do not divide into the micro batch they move a little with it."""
     from trl import DPOConfig
+
+    per_process, micro = cfg.batch_size // world_size, cfg.micro_batch_size
 
     return DPOConfig(
         beta=cfg.beta, learning_rate=cfg.learning_rate,
@@ -26,10 +36,11 @@ def dpo_config(output_dir: str, seed: int, cfg: TrainParams, max_length: int, wo
         loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight else None,
         label_smoothing=cfg.label_smoothing, discopop_tau=cfg.discopop_tau,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-        num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size // world_size,
-        per_device_eval_batch_size=cfg.batch_size, lr_scheduler_type="linear", warmup_steps=0.1,
-        max_length=max_length, logging_steps=cfg.logging_steps, eval_strategy="steps",
-        eval_steps=cfg.eval_steps, eval_on_start=True, **common_args(output_dir, seed),
+        num_train_epochs=cfg.epochs, **batching(per_process, micro, rebalance=False),
+        per_device_eval_batch_size=cfg.batch_size if micro is None else micro, lr_scheduler_type="linear",
+        warmup_steps=0.1, max_length=max_length, logging_steps=cfg.logging_steps, eval_strategy="steps",
+        eval_steps=cfg.eval_steps, eval_on_start=True,
+        **common_args(output_dir, seed, cfg.activation_checkpointing),
     )
 
 

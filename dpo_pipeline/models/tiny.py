@@ -55,7 +55,7 @@ def train_tiny_base(texts: list[str], cfg: ModelParams, seed: int, out_dir: Path
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
             num_train_epochs=t.epochs, learning_rate=t.learning_rate, lr_scheduler_type="cosine",
-            warmup_steps=0.05, weight_decay=0.01, logging_steps=50, **batching(t.batch_size, t.micro_batches),
+            warmup_steps=0.05, weight_decay=0.01, logging_steps=50, **batching(t.batch_size, t.micro_batch_size),
             **common_args(tmp, seed),
         )
         trainer = seeded_batches(Trainer)(model=model, args=args, train_dataset=ds,

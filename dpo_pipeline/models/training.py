@@ -10,24 +10,35 @@ from dpo_pipeline.models.device import device, use_bf16
 from dpo_pipeline.progress import progress as progress_bar
 
 
-def common_args(output_dir: str, seed: int) -> dict:
+def common_args(output_dir: str, seed: int, activation_checkpointing: bool = False) -> dict:
     """Settings every trainer here takes: seeded data order, no checkpoints (the stage saves what it
     keeps), logs to our own callbacks only, bf16 on a GPU that has it, float32 on CPU (reproducible).
-    Activation checkpointing off, by its new name (TRL's configs turn it on by default; the old name warns)."""
+    Activation checkpointing by its new name (TRL's configs turn it on by default; the old name warns), off
+    unless asked for; on, non-reentrant: the reentrant kind gives the LoRA weights inside a checkpointed layer
+    no gradient unless the layer's input requires one, which a frozen base's embeddings do not."""
     return dict(output_dir=output_dir, seed=seed, data_seed=seed, save_strategy="no", report_to="none",
-                bf16=use_bf16(), activation_checkpointing=False, use_cpu=device() == "cpu", disable_tqdm=True)
+                bf16=use_bf16(), activation_checkpointing=activation_checkpointing,
+                activation_checkpointing_kwargs={"use_reentrant": False} if activation_checkpointing else None,
+                use_cpu=device() == "cpu", disable_tqdm=True)
 
 
-def batching(batch_size: int, micro_batches: int) -> dict:
-    """Trainer settings for optimizer steps of `batch_size` examples, each step's examples cut into
-    `micro_batches` micro-batches of similar lengths by transformers' batch_rebalance sampler (gradient
-    accumulation). A batch padded to its longest example computes 1.5x its real tokens on the default task;
-    cut this way, 1.1x. The loss stays the whole batch's token-weighted mean (transformers counts the tokens
-    across the micro-batches), so results equal one padded batch's within float noise."""
-    if micro_batches == 1:
+def batching(batch_size: int, micro_batch_size: int | None, rebalance: bool = True) -> dict:
+    """Trainer settings for optimizer steps of `batch_size` examples (per process), each step's examples cut
+    into forward passes of `micro_batch_size` (None: one pass), gradient accumulation doing the rest.
+
+    rebalance (the tiny base's pre-training, SFT): transformers' batch_rebalance sampler cuts each step's
+    examples into micro-batches of similar lengths, `micro_batch_size` on average (fewer long examples, more
+    short ones). A batch padded to its longest example computes 1.5x its real tokens on the default task; cut
+    this way, 1.1x. The loss stays the whole batch's token-weighted mean (transformers counts the tokens
+    across the micro-batches), so results equal one padded batch's within float noise.
+    Not for DPO: TRL's DPO loss is a mean over each micro-batch's pairs (it takes no token count), which the
+    trainer averages over the micro-batches, so a pair weighs the same only when every micro-batch has the
+    same size: consecutive slices of the default shuffled order, the same pairs a step as one batch."""
+    if micro_batch_size is None or micro_batch_size >= batch_size:
         return dict(per_device_train_batch_size=batch_size)
-    return dict(per_device_train_batch_size=batch_size // micro_batches, gradient_accumulation_steps=micro_batches,
-                train_sampling_strategy="batch_rebalance")
+    return dict(per_device_train_batch_size=micro_batch_size,
+                gradient_accumulation_steps=batch_size // micro_batch_size,
+                **(dict(train_sampling_strategy="batch_rebalance") if rebalance else {}))
 
 
 class _SeededBatches:

@@ -55,7 +55,8 @@ def bars(ev: dict, cis: dict, metrics: list[Metric], out: Path) -> None:
         ax.bar([MODEL_LABELS[name] for name in MODELS], values, yerr=errors, capsize=4,
                color=["#999999", "#5b8fd6", "#2f9e6e"])
         ax.set_title(m.label, fontsize=10)
-        ax.set_ylim(0, m.scale[1])
+        if m.scale:  # a reward is on its model's own scale, perhaps below 0: matplotlib's limits
+            ax.set_ylim(0, m.scale[1])
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

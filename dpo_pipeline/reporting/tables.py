@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dpo_pipeline.config import ReportParams, TrainParams
-from dpo_pipeline.evaluation.schema import (FAITHFULNESS, MODELS, PAIRS, PAIRWISE, RELIABILITY, Metric, headline,
+from dpo_pipeline.evaluation.schema import (MODELS, PAIRS, PAIRWISE, RELIABILITY, Metric, headline,
                                             model_label, pair_label, vs_sft_key)
 from dpo_pipeline.reporting.diagnostics import diagnose, healthy_evidence, reflection
 from dpo_pipeline.rounds import round_of
@@ -88,6 +88,9 @@ def preference_data(judge: dict, generated: bool) -> str:
         text += f"; position consistency {judge['position_consistency']:.1%}."
     else:
         text += f"; best vs worst of {judge['candidates']} candidates a prompt."
+    if gap := judge.get("reward_gap"):  # a reward model's
+        text += (f" Reward gap of the kept pairs (best minus worst, on the reward model's own scale): mean "
+                 f"{gap['mean']}, median {gap['median']}, from {gap['min']} to {gap['max']}.")
     return text + stops_line(judge.get("usage") or {})
 
 
@@ -133,11 +136,12 @@ def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict]
     lines += [f"- **{f.rule}**: {f.evidence}. Try: {f.advice}." for f in findings] or [
         f"- **Healthy run**: {healthy_evidence(ev, cis, train, metrics)}."]
     lines += ["", "## Examples", ""]
+    judged = next(m for m in metrics if m.source == "judge")  # faithfulness 1-5, or a reward model's reward
     for ex in examples:
-        lines += [f"**{ex['id']}**: {ex['prompt']}", "", "| Model | Output | Score |", "|---|---|---|"]
+        lines += [f"**{ex['id']}**: {ex['prompt']}", "", f"| Model | Output | {judged.kind.title()} |", "|---|---|---|"]
         for name in names:
             text = ex[name]["text"].replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {model_label(name)} | `{text}` | {ex[name][FAITHFULNESS.key]} |")
+            lines.append(f"| {model_label(name)} | `{text}` | {ex[name][judged.source_field]} |")
         lines.append("")
     lines += ["## What DPO did to my model, and what it didn't", "", *reflection(ev, cis, train, metrics), ""]
     return "\n".join(lines)

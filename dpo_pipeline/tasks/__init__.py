@@ -7,16 +7,19 @@ dpo_pipeline/tasks/number_summary.py) or your own, anywhere, e.g.
 with its files in data/support_replies/. dvc.yaml depends on exactly that file, so editing it re-runs the
 stages that use the task and editing another task re-runs nothing. Copy examples/task_template.py to
 start one.
+
+A task's data generator, if it has one, is a file of its own beside it, <task>_data.py, which only
+`python -m tools.make_data` runs (tasks/synthetic.py): no stage depends on it.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import random
 import sys
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Protocol
+from types import ModuleType
+from typing import Callable, Protocol
 
 from dpo_pipeline.config import BUILTIN_TASKS, TaskParams
 from dpo_pipeline.errors import UserError
@@ -43,9 +46,8 @@ HOOKS = {
     "rubric_score": "judge.backend rubric scores responses with it",
     # pretrain_text(prompt, response) -> str: how an SFT pair reads as raw text
     "pretrain_text": "model.base builtin:tiny is pre-trained on the SFT pairs as text through it",
-    # generate(seed, n_sft, n_prompts, n_eval) -> {"sft": [...], "prompts": [...], "eval": [...]}
-    "generate": "python -m tools.make_data writes the task's data files with it",
 }
+# A data generator is not a hook: it lives in <task>_data.py, which no stage runs (tasks/synthetic.py).
 
 
 def need(task: Task, hook: str) -> Callable:
@@ -62,27 +64,41 @@ def ground_truth(task: Task) -> Callable[[str, str], bool | None] | None:
     return getattr(task, "correct", None)
 
 
+def import_file(module: str, label: str, search_beside: bool = False) -> ModuleType | None:
+    """The module in file `module`, or None when there is no such file: a builtin (in BUILTIN_TASKS) by its
+    package name, any other file loaded from its path (with its own folder importable if `search_beside`).
+    An error inside it is one line, prefixed with `label`."""
+    path = PurePosixPath(module)
+    if str(path.parent) == BUILTIN_TASKS:
+        name = f"dpo_pipeline.tasks.{path.stem}"
+        return importlib.import_module(name) if importlib.util.find_spec(name) else None
+    if not Path(path).is_file():
+        return None
+    name = f"dpo_pipeline_user_task_{path.stem}"
+    folder = str(Path(path).resolve().parent)
+    if search_beside:
+        sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location(name, Path(path))
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[name] = loaded  # dataclasses and pickling look their module up here
+        spec.loader.exec_module(loaded)
+        return loaded
+    except Exception as e:  # the user's own code: any error in it is theirs to fix, shown in one line
+        sys.modules.pop(name, None)
+        raise UserError(f"{label}: cannot import it ({type(e).__name__}: {e})") from None
+    finally:
+        if search_beside:
+            sys.path.remove(folder)
+
+
 def get_task(cfg: TaskParams) -> Task:
     """The task module `task.module` names: a builtin by its package name, any other file loaded from its
     path."""
-    path = PurePosixPath(cfg.module)
-    if str(path.parent) == BUILTIN_TASKS:
-        try:
-            module = importlib.import_module(f"dpo_pipeline.tasks.{path.stem}")
-        except ModuleNotFoundError:
-            raise UserError(f"task.module: {cfg.module}: no such builtin task") from None
-    elif not Path(path).is_file():
-        raise UserError(f"task.module: {cfg.module}: not found")
-    else:
-        name = f"dpo_pipeline_user_task_{path.stem}"
-        try:
-            spec = importlib.util.spec_from_file_location(name, Path(path))
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module  # dataclasses and pickling look their module up here
-            spec.loader.exec_module(module)
-        except Exception as e:  # the user's own code: any error in it is theirs to fix, shown in one line
-            sys.modules.pop(name, None)
-            raise UserError(f"task.module: {cfg.module}: cannot import it ({type(e).__name__}: {e})") from None
+    module = import_file(cfg.module, f"task.module: {cfg.module}")
+    if module is None:
+        builtin = str(PurePosixPath(cfg.module).parent) == BUILTIN_TASKS
+        raise UserError(f"task.module: {cfg.module}: {'no such builtin task' if builtin else 'not found'}")
     missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
     if missing:
         raise UserError(f"task.module: {cfg.module} lacks {', '.join(missing)} (see examples/task_template.py)")
@@ -91,26 +107,3 @@ def get_task(cfg: TaskParams) -> Task:
     if not hasattr(module, "NAME"):
         module.NAME = cfg.name
     return module  # type: ignore[return-value]
-
-
-def disjoint_splits(seed: int, sizes: dict[str, int], draw: Callable[[random.Random], tuple[str, Any]],
-                    annotate: Callable[[Any, random.Random], str]) -> dict[str, list[dict]]:
-    """A task's shipped splits from its generator: `draw` makes (prompt, item), `annotate` an SFT response for
-    the item. Splits are drawn in the order of `sizes` from one seeded RNG; a prompt text appears in at most
-    one split, which is what held-out means."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    splits: dict[str, list[dict]] = {}
-    for split, n in sizes.items():
-        rows: list[dict] = []
-        while len(rows) < n:
-            prompt, item = draw(rng)
-            if prompt in seen:
-                continue
-            seen.add(prompt)
-            row = {"id": f"{split}-{len(rows):05d}", "prompt": prompt}
-            if split == "sft":
-                row["response"] = annotate(item, rng)
-            rows.append(row)
-        splits[split] = rows
-    return splits

@@ -1,13 +1,15 @@
-"""The vLLM generation engine (`generation.engine: vllm`): the policy served from its folders, the stage's
-prompts as one request each, run by `vllm_worker` in the vLLM environment's interpreter.
+"""The vLLM engine (`generation.engine: vllm`): the policy served from its folders, each prompt one request,
+run by `vllm_worker` in the vLLM environment's interpreter.
 
 What each model is to vLLM: the base model its folder; the SFT model the base with the SFT adapter as a
-`LoRARequest` (no merged copy; a full SFT model its own folder); round k's policy a merged folder written for
-the call (vLLM applies one adapter at a time, and round k stacks k + 1). Prompts are rendered and tokenized
-here with the pipeline's chat template and tokenizer, and the output ids decoded here, so rows look as the
-transformers engine writes them: {"text", "tokens"}. Each request carries the seed the transformers engine
-uses for that prompt, so a response does not depend on the other prompts; vLLM's sampler is not ours, so the
-texts differ from the transformers engine's.
+`LoRARequest` (no merged copy; a full SFT model its own folder), so base and SFT share one engine start;
+round k's policy a merged folder written for the call (vLLM applies one adapter at a time, and round k stacks
+k + 1). Prompts are rendered and tokenized here with the pipeline's chat template and tokenizer, and the
+output ids decoded here, so rows look as the transformers engine writes them: {"text", "tokens"}. Each
+request carries the seed the transformers engine uses for that prompt, so a response does not depend on the
+other prompts; vLLM's sampler is not ours, so the texts differ from the transformers engine's. With
+num_processes N the requests of an engine start are cut into N consecutive blocks, an engine each, a GPU each,
+all from the stage's one process.
 """
 
 from __future__ import annotations
@@ -18,16 +20,76 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 from dpo_pipeline.config import Params, Paths
 from dpo_pipeline.errors import ServiceError, UserError
+from dpo_pipeline.models.engines import vllm_worker
+from dpo_pipeline.models.engines.base import Engine, Job, Policy
 from dpo_pipeline.models.generation import chat_prompts, prompt_seed
-from dpo_pipeline.models import vllm_worker
 from dpo_pipeline.models.loading import load_merged, load_tokenizer
 from dpo_pipeline.models.manifest import model_folder
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where the worker module resolves in the other env
+PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # where the worker module resolves in the other env
+
+
+class VllmEngine(Engine):
+    name = "vllm"
+
+    def __init__(self, params: Params, section: Literal["sample", "eval"]):
+        super().__init__(params, section)
+        python, n, gpus = Path(params.generation.vllm_python), self.settings.num_processes, gpu_count()
+        if not python.exists():
+            raise UserError(f"generation.vllm_python: {python} not found; create the vLLM environment with "
+                            "`make vllm` (or set generation.engine: transformers)")
+        if gpus and n > gpus:
+            raise UserError(f"{section}.num_processes: {n} vLLM engines, one a GPU, but this machine has {gpus} GPUs")
+
+    def generate(self, jobs: list[Job], label: str) -> list[list[dict]]:
+        rows: list[list[dict]] = []
+        for run in starts(self.params.paths, jobs):
+            names = " and ".join(dict.fromkeys(job.name for job in run))
+            with serving(self.params.paths, [job.policy for job in run]) as served:
+                groups = [group(job, lora=job.policy.round == 0 and "lora" in served) for job in run]
+                rows += run_groups(self.params, served, groups, f"{label} {names}", self.settings.num_processes)
+        return rows
+
+
+def starts(paths: Paths, jobs: list[Job]) -> list[list[Job]]:
+    """The jobs cut into engine starts: consecutive jobs one engine serves together (one policy, or the base
+    beside the SFT adapter on it)."""
+    def folder(policy: Policy):  # what the engine starts from: a round's merged policy is a folder of its own
+        if policy.round is None:
+            return model_folder(paths.base_model)["path"]
+        return served_sft(paths)["model"] if policy.round == 0 else ("round", policy.round)
+
+    runs: list[list[Job]] = []
+    keys = [folder(job.policy) for job in jobs]
+    for i, job in enumerate(jobs):
+        if i and keys[i] == keys[i - 1]:
+            runs[-1].append(job)
+        else:
+            runs.append([job])
+    return runs
+
+
+@contextmanager
+def serving(paths: Paths, policies: list[Policy]) -> Iterator[dict]:
+    """What one engine start serves for `policies` (as `starts` groups them): {"model", "lora"?}."""
+    if any(p.round for p in policies):  # round k >= 1: alone in its start
+        with served_policy(paths, policies[0].round) as served:
+            yield served
+    elif any(p.round == 0 for p in policies):
+        yield served_sft(paths)
+    else:
+        yield {"model": model_folder(paths.base_model)["path"]}
+
+
+def group(job: Job, lora: bool) -> dict:
+    """A job as the worker's request group; `lora`: the served adapter applies."""
+    d = job.decoding
+    return {"prompts": job.prompts, "temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p,
+            "max_new_tokens": d.max_new_tokens, "seed": d.seed, "lora": lora}
 
 
 def served_sft(paths: Paths) -> dict:
@@ -82,19 +144,10 @@ def vllm_request(params: Params, served: dict, groups: list[dict], tokenizer=Non
             "gpu_memory_utilization": params.generation.vllm_gpu_memory_utilization, "requests": requests}
 
 
-def generate(params: Params, served: dict, groups: list[dict], label: str,
-             engines: tuple[int, str] = (1, "")) -> list[list[dict]]:
-    """`groups`: [{prompts, temperature, top_k, top_p, max_new_tokens, seed, lora (bool: the served adapter
-    applies)}]; returns each group's rows in its prompts' order. `engines`: (N, the setting that asked for N):
-    the requests cut into N consecutive blocks, one engine each, started together, on a GPU each."""
-    python = Path(params.generation.vllm_python)
-    if not python.exists():
-        raise UserError(f"generation.vllm_python: {python} not found; create the vLLM environment with `make vllm` "
-                        "(or set generation.engine: transformers)")
-    n, setting = engines
+def run_groups(params: Params, served: dict, groups: list[dict], label: str, n: int = 1) -> list[list[dict]]:
+    """One engine start: `groups` ({prompts, temperature, top_k, top_p, max_new_tokens, seed, lora}) as requests
+    cut into n consecutive blocks, an engine each, started together; each group's rows in its prompts' order."""
     gpus = gpu_count()
-    if gpus and n > gpus:
-        raise UserError(f"{setting}: {n} vLLM engines, one a GPU, but this machine has {gpus} GPUs")
     if gpus:
         import torch
 
@@ -102,8 +155,8 @@ def generate(params: Params, served: dict, groups: list[dict], label: str,
     tokenizer = load_tokenizer(params.paths)
     request = vllm_request(params, served, groups, tokenizer)
     requests = request["requests"]
-    print(f"{label}: {len(requests)} requests to vLLM ({python}" + (f", {n} engines" if n > 1 else "") + ")",
-          flush=True)
+    print(f"{label}: {len(requests)} requests to vLLM ({params.generation.vllm_python}"
+          + (f", {n} engines" if n > 1 else "") + ")", flush=True)
     blocks = [{**request, "requests": requests[len(requests) * i // n:len(requests) * (i + 1) // n]}
               for i in range(n)]
     rows = []

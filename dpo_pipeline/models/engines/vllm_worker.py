@@ -1,11 +1,11 @@
 """Generation with vLLM's offline engine, run in the vLLM environment's interpreter (`make vllm`), over files:
 
-    .venv-vllm/bin/python -m dpo_pipeline.models.vllm_worker REQUEST.json OUT.jsonl
+    .venv-vllm/bin/python -m dpo_pipeline.models.engines.vllm_worker REQUEST.json OUT.jsonl
 
 vLLM pins its own torch and transformers, so it cannot share the pipeline's environment; the stages write a
-request file (`models/engines.py`) and read one output line per request, in order. This module imports only
-the standard library and vLLM. The request holds token ids already rendered with the pipeline's chat template
-and tokenizer, so both engines see the same prompt tokens; the pipeline decodes the output ids itself.
+request file (`models/engines/vllm.py`) and read one output line per request, in order. This module imports
+only the standard library and vLLM. The request holds token ids already rendered with the pipeline's chat
+template and tokenizer, so both engines see the same prompt tokens; the pipeline decodes the output ids itself.
 """
 
 from __future__ import annotations
