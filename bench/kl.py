@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from dpo_pipeline.config import load_params  # noqa: E402
 from dpo_pipeline.files import read_jsonl  # noqa: E402
 from dpo_pipeline.models.kl import kl_summary, sequence_kls  # noqa: E402
-from dpo_pipeline.models.loading import load_tokenizer, policies  # noqa: E402
+from dpo_pipeline.models.loading import load_round, load_tokenizer  # noqa: E402
 from result import add_json_arg, write_result  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     source = ROOT / (files.eval_prompts if args.prompts == "eval" else files.prompts)
     prompts = [r["prompt"] for r in read_jsonl(source, required=("prompt",))][:args.n]
     tokenizer = load_tokenizer(params.paths)
-    model = next(m for name, m in policies(params.paths, 1) if name == "dpo")
+    model = load_round(params.paths, 1).eval()  # the DPO adapter unmerged on SFT: disabled, it is the reference
     values = sequence_kls(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens or params.eval.max_new_tokens,
                           seed=params.seed, batch_size=params.eval.batch_size)
     result = {"prompts": len(prompts)}

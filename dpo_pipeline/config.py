@@ -113,6 +113,12 @@ class ModelParams(Section):
         return v
 
 
+# transformers' schedulers that need nothing beyond the warmup and the step count (lr_scheduler_type); the
+# others want lr_scheduler_kwargs (cosine_with_min_lr, warmup_stable_decay) or an eval metric (plateau).
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt")
+
+
 class Lora(Section):
     lora_r: int = Field(gt=0)
     lora_alpha: float = Field(gt=0)
@@ -122,6 +128,16 @@ class Lora(Section):
     batch_size: int = Field(gt=0)
     micro_batch_size: int | None = Field(gt=0)  # examples a forward pass, per process (null: all of them)
     activation_checkpointing: bool  # recompute each layer's activations in the backward pass (less memory)
+    lr_scheduler: Literal[LR_SCHEDULERS]  # type: ignore[valid-type]  # transformers' lr_scheduler_type
+    # Share of the optimizer steps warming up from 0 (transformers' warmup_steps < 1, rounded up to whole steps)
+    warmup_ratio: float = Field(ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def warmup_used(self):
+        if self.lr_scheduler == "constant" and self.warmup_ratio:
+            raise ValueError("lr_scheduler constant takes no warmup; set warmup_ratio to 0 or use "
+                             "constant_with_warmup")
+        return self
 
 
 class SftParams(Lora):

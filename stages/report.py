@@ -1,5 +1,6 @@
 """Write the report (`paths.reports`/report.md, with its pictures), the page to read every pair and eval answer
-side by side (`paths.reports`/report.html) and `paths.headline` (the numbers `dvc exp show` opens with), and
+side by side (`paths.reports`/report.html), the DPO adapter's model card with the eval
+(`paths.reports`/model_card.md) and `paths.headline` (the numbers `dvc exp show` opens with), and
 print the 3-way comparison.
 
     python -m stages.report         (run by `dvc repro` as stage `report`)
@@ -18,7 +19,7 @@ from dpo_pipeline.evaluation.seeds import fingerprint, verdict_line
 from dpo_pipeline.files import read_jsonl, write_json, write_text
 from dpo_pipeline.reporting.iterative import section
 from dpo_pipeline.reporting.page import page_data, pair_rows, write_page
-from dpo_pipeline.reporting.tables import headline_metrics, markdown, print_table
+from dpo_pipeline.reporting.tables import headline_metrics, markdown, model_card, print_table
 from dpo_pipeline.rounds import check_declared, round_paths
 from dpo_pipeline.tasks import get_task
 
@@ -54,6 +55,10 @@ def main(params: Params, show: bool = False) -> None:
                                               verdict_line(seeds, fingerprint(params.model_dump())), names,
                                               section(ev, cis, metrics, rounds, params.report) if rounds else []))
     write_json(paths.headline, headline_metrics(ev, metrics, params.train))
+    # The adapter's card with the eval it could not know, here: paths.dpo_model is the train stage's output.
+    card = (Path(paths.dpo_model) / "README.md").read_text()
+    write_text(folder / "model_card.md", model_card(card, ev, cis, judge, metrics, params.preferences.generated,
+                                                    names))
     # The page: round 1's pairs (the kept ones, and the dropped ones with their candidates) and every answer.
     pairs = pair_rows(read_jsonl(paths.preferences, required=("id", "prompt", "chosen", "rejected"), strings=("id",)),
                       read_jsonl(paths.judgments, required=("id", "kept", "orders"), empty=True),

@@ -67,6 +67,7 @@ def main(params: Params) -> None:
     from transformers import PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
+    from dpo_pipeline.models.card import sft_card, write_settings
     from dpo_pipeline.models.loading import linear_4bit, load_base, load_tokenizer
     from dpo_pipeline.models.lora import lora_config, save_adapter
     from dpo_pipeline.models.training import TrainingProgress, batching, common_args, seeded_batches
@@ -81,8 +82,9 @@ def main(params: Params) -> None:
     bits = f" ({linear_4bit(model)} linear layers in {params.model.quantization})" if params.model.quantization else ""
     print(f"[bold]sft[/]: training a LoRA adapter on {len(rows)} examples{bits} ...")
     with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate, lr_scheduler_type="cosine",
-                         warmup_steps=0.05, max_length=params.model.max_length, logging_steps=25,
+        args = SFTConfig(num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+                         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,  # < 1: a share
+                         max_length=params.model.max_length, logging_steps=25,
                          **batching(cfg.batch_size, cfg.micro_batch_size),
                          **common_args(tmp, params.seed, cfg.activation_checkpointing))
         lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
@@ -92,6 +94,8 @@ def main(params: Params) -> None:
         result = trainer.train()
     with atomic_path(paths.sft_model) as out:
         save_adapter(trainer.model, out)
+        write_settings(out, args, "sft_args.json")  # and the card (PEFT's template replaced): models/card.py
+        (out / "README.md").write_text(sft_card(params, len(rows), lora.target_modules))
     print(f"[bold]sft[/]: {len(rows)} examples, loss {result.training_loss:.4f}, "
           f"{time.time() - start:.0f}s -> {paths.sft_model}")
 

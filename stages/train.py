@@ -78,6 +78,7 @@ def main(params: Params, round_num: int = 1) -> None:
     from trl import DPOTrainer
 
     from dpo_pipeline.models import parallel
+    from dpo_pipeline.models.card import dpo_card, write_settings
     from dpo_pipeline.models.dpo import dpo_config, live_callback, live_run, shared_pairs, summarize
     from dpo_pipeline.models.kl import KLMonitor
     from dpo_pipeline.models.loading import linear_4bit, load_tokenizer
@@ -120,6 +121,10 @@ def main(params: Params, round_num: int = 1) -> None:
         summary["quantization"] = {"method": params.model.quantization, "linear4bit": linear_4bit(trainer.model)}
     with atomic_path(paths.dpo_model) as out:
         save_adapter(trainer.model, out)
+        # what made it, beside it (README.md replaces PEFT's template card): dpo_pipeline/models/card.py
+        write_settings(out, args, "training_args.json")
+        (out / "README.md").write_text(dpo_card(params, len(split["train"]), len(split["test"]),
+                                                lora.target_modules, train_seed, round_num))
     write_json(paths.train_metrics, summary)
     first, final, kl = summary["first_step"], summary["final"], summary["kl"]
     print(f"[bold]train[/]: margins {first['rewards/margins']} -> {final['rewards/margins']}, KL {kl['final']}, "

@@ -615,7 +615,8 @@ class FakeOpenAI:
                 "model": body["model"], "system_fingerprint": None,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
                              "logprobs": None}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 20, "total_tokens": prompt_tokens + 20}}
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 20,
+                          "total_tokens": prompt_tokens + 20}}
 
 
 class _ChatHandler(_Handler):

@@ -70,6 +70,11 @@ def edited(root, tmp_path, edit) -> str:
     (lambda r: r["model"].update(quantization="int8"), "model.quantization: Input should be 'nf4'"),
     (lambda r: r["train"].update(activation_checkpointing="sometimes"), "train.activation_checkpointing: Input "
                                                                         "should be a valid boolean"),
+    (lambda r: r["train"].update(lr_scheduler="cosine_with_min_lr"), "train.lr_scheduler: Input should be "
+                                                                     "'linear', 'cosine'"),
+    (lambda r: r["sft"].update(warmup_ratio=1), "sft.warmup_ratio: Input should be less than 1"),
+    (lambda r: r["train"].update(lr_scheduler="constant"), "train: Value error, lr_scheduler constant takes no "
+                                                           "warmup"),
     (lambda r: r["judge"].update(requests_per_minute=0), "judge.requests_per_minute: Input should be greater "
                                                          "than 0"),
     (lambda r: r["judge"].update(input_tokens_per_minute=-5), "judge.input_tokens_per_minute: Input should be "
@@ -94,6 +99,7 @@ def test_bad_params_name_the_key(root, tmp_path, edit, message):
     lambda r: r["train"].update(loss_type="robust", label_smoothing=0.1),
     lambda r: r["train"].update(loss_type="exo_pair", label_smoothing=1e-3),
     lambda r: r["train"].update(loss_type="ipo"),
+    lambda r: (r["train"].update(lr_scheduler="constant", warmup_ratio=0), r["sft"].update(lr_scheduler="linear")),
     lambda r: r["sample"].update(temperatures=[0.5, 0.8, 1.0, 1.3]),
     lambda r: r["model"].update(lora_target_modules=["q_proj", "v_proj"], sft="adapters/my-sft"),
     lambda r: r["preferences"].update(source="hf:HuggingFaceH4/ultrafeedback_binarized", max_pairs=2000),

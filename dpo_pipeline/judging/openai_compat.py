@@ -5,14 +5,15 @@ retries, caches and holds the budget; prompts.py is what is asked, the same ques
 - The policy is the system message and the question the user message; the answer is a JSON object in the
   reply's text. With `judge.response_format: json_schema` the request carries OpenAI's
   `response_format: {"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`, the portable form
-  (vLLM, SGLang, llama.cpp and Ollama hold the decoding to it); vLLM's removed `guided_json` is not sent, as a
-  vLLM past 0.12 ignores it silently. Whatever the server did with it, the answer is validated against the
-  pydantic `Verdict` / `Score`: a server that ignores the schema gets its prose counted invalid, never guessed.
+  (vLLM holds the decoding to it, tested; SGLang, llama.cpp and Ollama document it); vLLM's removed
+  `guided_json` is not sent, as a vLLM past 0.12 ignores it silently. Whatever the server did with it, the
+  answer is validated against the pydantic `Verdict` / `Score`: a server that ignores the schema gets its
+  prose counted invalid, never guessed.
 - Finish reasons in the Messages API's words (online.NO_ANSWER): `length` is a `max_tokens` stop, asked once
   more with 4x the room; `content_filter` or a `refusal` field is a `refusal`.
 - Tokens before sending: ~3.5 characters a token (no token-counting endpoint is common to these servers);
   a reply's `usage` is what is billed, the estimate when a server sends none.
-- `max_tokens`, not `max_completion_tokens`: every server above takes it (OpenAI's own reasoning models want
+- `max_tokens`, not `max_completion_tokens`: the name these servers read (OpenAI's own reasoning models want
   the other and refuse `temperature`; this backend is for servers of your own first).
 - The SDK retries 408, 409, 429, 5xx, timeouts and refused connections with backoff, honouring retry-after, up
   to `judge.max_retries`; what still fails is worded here as one line.

@@ -37,8 +37,10 @@ def dpo_config(output_dir: str, seed: int, cfg: TrainParams, max_length: int, wo
         label_smoothing=cfg.label_smoothing, discopop_tau=cfg.discopop_tau,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
         num_train_epochs=cfg.epochs, **batching(per_process, micro, rebalance=False),
-        per_device_eval_batch_size=cfg.batch_size if micro is None else micro, lr_scheduler_type="linear",
-        warmup_steps=0.1, max_length=max_length, logging_steps=cfg.logging_steps, eval_strategy="steps",
+        per_device_eval_batch_size=cfg.batch_size if micro is None else micro,
+        # transformers reads a warmup_steps below 1 as a share of the steps (rounded up); config.py keeps it < 1
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
+        max_length=max_length, logging_steps=cfg.logging_steps, eval_strategy="steps",
         eval_steps=cfg.eval_steps, eval_on_start=True,
         **common_args(output_dir, seed, cfg.activation_checkpointing),
     )

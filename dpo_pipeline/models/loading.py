@@ -29,9 +29,9 @@ FALLBACK_CHAT_TEMPLATE = (
 
 def load_tokenizer(paths: Paths) -> PreTrainedTokenizerBase:
     """The base model's tokenizer, or a full SFT model's own when it has one."""
-    sft = model_folder(paths.sft_model) if Path(paths.sft_model).exists() else {}
-    has_own = sft.get("kind") == "full" and (Path(sft["path"]) / "tokenizer_config.json").exists()
-    return tokenizer_from(sft["path"] if has_own else model_folder(paths.base_model)["path"])
+    sft = model_folder(paths.sft_model) if Path(paths.sft_model).exists() else None
+    has_own = sft is not None and sft.kind == "full" and (Path(sft.path) / "tokenizer_config.json").exists()
+    return tokenizer_from(sft.path if has_own else model_folder(paths.base_model).path)
 
 
 def tokenizer_from(path: str | Path) -> PreTrainedTokenizerBase:
@@ -47,12 +47,12 @@ def base_config(paths: Paths):
     """The base model's config, read without its weights (its context length decides what prompts fit)."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(model_folder(paths.base_model)["path"])
+    return AutoConfig.from_pretrained(model_folder(paths.base_model).path)
 
 
 def load_base(paths: Paths, quantization: str | None = None, on: str | None = None) -> PreTrainedModel:
     """The base model on `on` (None: this process's device); `quantization` nf4: in 4-bit, to train on."""
-    folder = model_folder(paths.base_model)["path"]
+    folder = model_folder(paths.base_model).path
     if quantization:
         return load_4bit(folder)
     return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype()).to(on or device())
@@ -63,29 +63,45 @@ def load_sft(paths: Paths, on: str | None = None) -> PreTrainedModel:
     from peft import PeftModel
 
     sft = model_folder(paths.sft_model)
-    if sft["kind"] == "full":
-        return AutoModelForCausalLM.from_pretrained(sft["path"], dtype=dtype()).to(on or device())
-    return PeftModel.from_pretrained(load_base(paths, on=on), sft["path"]).merge_and_unload()
+    if sft.kind == "full":
+        return AutoModelForCausalLM.from_pretrained(sft.path, dtype=dtype()).to(on or device())
+    return PeftModel.from_pretrained(load_base(paths, on=on), sft.path).merge_and_unload()
 
 
 def load_merged(paths: Paths, k: int, sft: PreTrainedModel | None = None, on: str | None = None) -> PreTrainedModel:
     """Round k's policy as plain weights: the SFT model with the DPO adapters of rounds 1..k merged in turn
     (k = 0: the SFT model). Round k+1 samples from it and trains its own adapter on top of it. `sft`: the SFT
     model already in memory, merged into (the caller passes a copy it may lose), not read again."""
-    from peft import PeftModel
-
     model = load_sft(paths, on=on) if sft is None else sft
-    for adapter in adapters(paths, k):
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    return model
+    return _round(paths, model, k).merge_and_unload() if k else model
 
 
 def load_round(paths: Paths, k: int) -> PreTrainedModel:
     """Round k's policy (k >= 1) with its own adapter unmerged on round k-1's merged policy: disabled, the
     adapter leaves the round before. The weights eval measures KL with and generates from (round_policies)."""
+    return _round(paths, load_sft(paths), k)
+
+
+def _round(paths: Paths, sft: PreTrainedModel, k: int) -> PreTrainedModel:
+    """Round k's policy (k >= 1), its own adapter unmerged, built on `sft`: the last of _rounds."""
+    for policy in _rounds(paths, sft, k):
+        pass
+    return policy
+
+
+def _rounds(paths: Paths, sft: PreTrainedModel, last: int) -> Iterator[PreTrainedModel]:
+    """Rounds 1..`last` in turn, each with its own DPO adapter unmerged on the round before merged, built on
+    `sft` (the SFT model, which it becomes part of): merging round k's adapter into the model it is on gives
+    the model round k+1's goes on, so N rounds cost N merges, not N squared. The one place a round's policy is
+    made: load_merged, load_round and round_policies all take theirs from here."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(load_merged(paths, k - 1), adapters(paths, k)[-1])
+    model = sft
+    for k, adapter in enumerate(adapters(paths, last), 1):
+        policy = PeftModel.from_pretrained(model, adapter)
+        yield policy
+        if k < last:
+            model = policy.merge_and_unload()
 
 
 def nf4_config():
@@ -135,45 +151,27 @@ def load_merged_4bit(paths: Paths, k: int) -> PreTrainedModel:
     CPU (no GPU memory: only the 4-bit model goes there), saved to a temporary folder and loaded from it in
     4-bit. A full SFT model with nothing to merge loads from its own folder."""
     sft = model_folder(paths.sft_model)
-    if sft["kind"] == "full" and not adapters(paths, k):
-        return load_4bit(sft["path"])
+    if sft.kind == "full" and not adapters(paths, k):
+        return load_4bit(sft.path)
     with tempfile.TemporaryDirectory() as tmp:
-        load_merged(paths, k, on="cpu").save_pretrained(tmp)  # the full-precision model is freed here
-        return load_4bit(tmp)
-
-
-def policies(paths: Paths, rounds: int) -> Iterator[tuple[str, PreTrainedModel]]:
-    """Eval's models in turn, each in eval mode: ("base", ...), ("sft", ...), then each round's policy with its
-    own adapter unmerged (disabled, it is the round before): ("dpo", ...), ("dpo_r2", ...) (rounds.model_key).
-    Each weight file is read once: SFT is the base with its adapter merged in place (the caller is done with
-    the base by then), round 1 goes on SFT, and round k+1 on round k with its adapter merged, so N rounds cost
-    N merges, not N squared. The weights are the ones load_sft and load_merged build, by the same operations
-    in the same order."""
-    from peft import PeftModel
-
-    base = load_base(paths)
-    yield "base", base.eval()
-    sft_info = model_folder(paths.sft_model)
-    sft = load_sft(paths) if sft_info["kind"] == "full" else \
-        PeftModel.from_pretrained(base, sft_info["path"]).merge_and_unload()
-    del base
-    yield "sft", sft.eval()
-    yield from round_policies(paths, rounds, sft)
+        merged = load_merged(paths, k, on="cpu")
+        name = merged.name_or_path
+        merged.save_pretrained(tmp)
+        del merged  # freed before the 4-bit model loads
+        model = load_4bit(tmp)
+    # Where it came from, not the temporary folder: the adapter trained on it records this name
+    # (adapter_config.json), which must be the same every run
+    model.name_or_path = model.config.name_or_path = name
+    return model
 
 
 def round_policies(paths: Paths, rounds: int, sft: PreTrainedModel) -> Iterator[tuple[str, PreTrainedModel]]:
     """Each round's policy in turn, in eval mode, with its own adapter unmerged (disabled, it is the round
-    before): ("dpo", ...), ("dpo_r2", ...) (rounds.model_key), built on `sft` (the SFT model in memory). Round
-    k+1 goes on round k with its adapter merged, so N rounds cost N merges, not N squared; round k's weights
-    are load_round's."""
-    from peft import PeftModel
-
+    before): ("dpo", ...), ("dpo_r2", ...) (rounds.model_key), built on `sft` (the SFT model in memory) as
+    load_round builds each, one on the other (N rounds, N merges)."""
     # Round 1 on a copy of SFT when there are later rounds (the caller keeps SFT: their KL reference), else on
     # SFT itself: one model in memory at a time, as with a 7B on one GPU
-    policy = copy.deepcopy(sft) if rounds > 1 else sft
+    policies = _rounds(paths, copy.deepcopy(sft) if rounds > 1 else sft, rounds)
     del sft
-    for k in range(1, rounds + 1):
-        model = PeftModel.from_pretrained(policy, adapters(paths, k)[-1])
+    for k, model in enumerate(policies, 1):
         yield model_key(k), model.eval()
-        if k < rounds:
-            policy = model.merge_and_unload()

@@ -3,9 +3,14 @@ cache), and the manifests `prepare` and `sft` write when a stage's output names 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
 
 from dpo_pipeline.errors import UserError
 
@@ -46,14 +51,43 @@ def resolve(key: str, name: str, revision: str | None = None) -> dict:
 def write_manifest(out_dir: Path, info: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    _read_manifest.cache_clear()  # this process reads what it wrote, even within the clock's resolution
 
 
-def model_folder(out_dir: str | Path) -> dict:
-    """What a stage output holds: a model saved in it, or a manifest naming a model elsewhere. A manifest
-    with no `path` describes the model saved beside it (a converted builtin)."""
-    manifest = Path(out_dir) / MANIFEST
-    if manifest.exists():
-        return {"path": str(out_dir), **json.loads(manifest.read_text())}
-    if not Path(out_dir).is_dir():
-        raise UserError(f"{out_dir}: not found; run `dvc repro` (the stage that writes it comes first)")
-    return {"path": str(out_dir), "kind": "adapter" if (Path(out_dir) / "adapter_config.json").exists() else "full"}
+@dataclasses.dataclass(frozen=True)
+class ModelFolder:
+    """What a stage output (`paths.base_model`, `paths.sft_model`) holds: a model saved in it, or a manifest
+    naming a model kept elsewhere (a hub snapshot, a local folder)."""
+
+    path: str  # where the weights are: the output folder itself, or the folder its manifest names
+    kind: Literal["full", "adapter"]  # a whole model, or a PEFT adapter on the base
+    name: str | None = None  # model.base / model.sft as params.yaml gave it; None: a model saved in the folder
+    revision: str | None = None  # the hub commit of a hub id's snapshot
+    sha256: str | None = None  # a local folder's content hash (manifest.tree_sha256)
+    # What else the manifest records, for provenance only (model_type, adapter_base, a GGUF's file and hash)
+    details: Mapping[str, object] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+
+
+def model_folder(out_dir: str | Path) -> ModelFolder:
+    """What a stage output holds. A manifest with no `path` describes the model saved beside it (a converted
+    builtin); without a manifest the folder is the model, an adapter when it holds adapter_config.json. Each
+    manifest is parsed once a process (while its file is unchanged), however many loads ask."""
+    folder = Path(out_dir)
+    try:
+        stat = (folder / MANIFEST).stat()
+    except FileNotFoundError:
+        if not folder.is_dir():
+            raise UserError(f"{out_dir}: not found; run `dvc repro` (the stage that writes it comes first)") from None
+        return ModelFolder(path=str(out_dir), kind="adapter" if (folder / "adapter_config.json").exists() else "full")
+    # Keyed by the file's identity and time as well as its path: a stage run in another process (a test's, a
+    # rerun) that rewrites it is read again
+    return _read_manifest(str(out_dir), (stat.st_ino, stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=32)
+def _read_manifest(out_dir: str, _version: tuple) -> ModelFolder:
+    info = json.loads((Path(out_dir) / MANIFEST).read_text())
+    fields = {f.name for f in dataclasses.fields(ModelFolder)} - {"details"}
+    known = {k: info[k] for k in fields & info.keys()}
+    return ModelFolder(**{**known, "path": info.get("path") or out_dir},
+                       details=MappingProxyType({k: v for k, v in info.items() if k not in fields}))

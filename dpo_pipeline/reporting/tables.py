@@ -141,7 +141,8 @@ def markdown(ev: dict, cis: dict, judge: dict, train: dict, examples: list[dict]
         lines += [f"**{ex['id']}**: {ex['prompt']}", "", f"| Model | Output | {judged.kind.title()} |", "|---|---|---|"]
         for name in names:
             text = ex[name]["text"].replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {model_label(name)} | `{text}` | {ex[name][judged.source_field]} |")
+            value = ex[name][judged.source_field]  # a reward to 4 decimals; a 1-5 score as it is
+            lines.append(f"| {model_label(name)} | `{text}` | {f'{value:.4f}' if isinstance(value, float) else value} |")
         lines.append("")
     lines += ["## What DPO did to my model, and what it didn't", "", *reflection(ev, cis, train, metrics), ""]
     return "\n".join(lines)
@@ -153,6 +154,19 @@ def ci_text(ci: list | None) -> str:
 
 def kl_ci(kl: dict) -> str:
     return f" [{kl['kl_ci_low']}, {kl['kl_ci_high']}]" if "kl_ci_low" in kl else ""
+
+
+def model_card(card: str, ev: dict, cis: dict, judge: dict, metrics: list[Metric], generated: bool,
+               names: tuple[str, ...] = MODELS) -> str:
+    """The DPO adapter's card as the train stage wrote it, with the judge and the 3-way eval that come after
+    training: the card to publish with the adapter (`paths.reports`/model_card.md)."""
+    head = header(names)
+    return "\n".join([card.rstrip("\n"), "", "## Evaluation: base vs SFT vs SFT+DPO", "",
+                      f"{ev['n_prompts']} held-out prompts of the task, the same decoding and seeds for each model; "
+                      "95% bootstrap CIs over prompts in brackets.", "",
+                      "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                      *("| " + " | ".join(r) + " |" for r in table_rows(ev, cis, metrics, names)), "",
+                      "Preference data: " + preference_data(judge, generated), ""])
 
 
 def print_table(ev: dict, cis: dict, metrics: list[Metric], names: tuple[str, ...] = MODELS) -> None:

@@ -60,7 +60,7 @@ def starts(paths: Paths, jobs: list[Job]) -> list[list[Job]]:
     beside the SFT adapter on it)."""
     def folder(policy: Policy):  # what the engine starts from: a round's merged policy is a folder of its own
         if policy.round is None:
-            return model_folder(paths.base_model)["path"]
+            return model_folder(paths.base_model).path
         return served_sft(paths)["model"] if policy.round == 0 else ("round", policy.round)
 
     runs: list[list[Job]] = []
@@ -82,7 +82,7 @@ def serving(paths: Paths, policies: list[Policy]) -> Iterator[dict]:
     elif any(p.round == 0 for p in policies):
         yield served_sft(paths)
     else:
-        yield {"model": model_folder(paths.base_model)["path"]}
+        yield {"model": model_folder(paths.base_model).path}
 
 
 def group(job: Job, lora: bool) -> dict:
@@ -94,10 +94,10 @@ def group(job: Job, lora: bool) -> dict:
 
 def served_sft(paths: Paths) -> dict:
     """The SFT model as vLLM serves it: the base with the adapter as a LoRA request, or a full model."""
-    base, sft = model_folder(paths.base_model)["path"], model_folder(paths.sft_model)
-    if sft["kind"] == "full":
-        return {"model": sft["path"]}
-    return {"model": base, "lora": lora(sft["path"])}
+    base, sft = model_folder(paths.base_model).path, model_folder(paths.sft_model)
+    if sft.kind == "full":
+        return {"model": sft.path}
+    return {"model": base, "lora": lora(sft.path)}
 
 
 def lora(folder: str) -> dict:
