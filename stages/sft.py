@@ -67,6 +67,7 @@ def main(params: Params) -> None:
     from transformers import PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
+    from dpo_pipeline.models import memory
     from dpo_pipeline.models.card import sft_card, write_settings
     from dpo_pipeline.models.loading import linear_4bit, load_base, load_tokenizer
     from dpo_pipeline.models.lora import lora_config, save_adapter
@@ -75,6 +76,7 @@ def main(params: Params) -> None:
     set_seed(params.seed)
     # --- model & tokenizer
     tokenizer = load_tokenizer(paths)
+    memory.check_fits(params, "sft", tokenizer)  # before the weights load: names what to change if they cannot
     model = load_base(paths, params.model.quantization)  # nf4: 4-bit linear layers under the LoRA (QLoRA)
     # --- dataset
     ds = Dataset.from_list([{"prompt": user(r["prompt"]), "completion": assistant(r["response"])} for r in rows])

@@ -77,7 +77,7 @@ def main(params: Params, round_num: int = 1) -> None:
     from transformers import PrinterCallback, set_seed
     from trl import DPOTrainer
 
-    from dpo_pipeline.models import parallel
+    from dpo_pipeline.models import memory, parallel
     from dpo_pipeline.models.card import dpo_card, write_settings
     from dpo_pipeline.models.dpo import dpo_config, live_callback, live_run, shared_pairs, summarize
     from dpo_pipeline.models.kl import KLMonitor
@@ -91,6 +91,7 @@ def main(params: Params, round_num: int = 1) -> None:
     world, main_process = parallel.world()[1], parallel.is_main()
     # --- model & tokenizer: the SFT model (merged; round k: round k-1's policy), a fresh LoRA goes on top
     tokenizer = load_tokenizer(paths)
+    memory.check_fits(params, "train", tokenizer, round_num)  # before any weight loads: what to change if it cannot
     model, reference = policy_and_reference(params, round_num)
     # --- training
     start = time.time()
