@@ -70,6 +70,23 @@ def policy_and_reference(params: Params, round_num: int):
     return load_merged(params.paths, round_num - 1, sft=sft).train(), reference
 
 
+def save(params: Params, paths, trainer, summary: dict, targets, train_seed: int, round_num: int) -> None:
+    """The adapter with what made it beside it (README.md replaces PEFT's template card; the resolved trainer
+    settings), and metrics/train.json."""
+    from dpo_pipeline.models.card import dpo_card, write_settings
+    from dpo_pipeline.models.loading import linear_4bit
+    from dpo_pipeline.models.lora import save_adapter
+
+    if params.model.quantization:  # what really trained, not what was asked for
+        summary["quantization"] = {"method": params.model.quantization, "linear4bit": linear_4bit(trainer.model)}
+    with atomic_path(paths.dpo_model) as out:
+        save_adapter(trainer.model, out)
+        write_settings(out, trainer.args, "training_args.json")
+        (out / "README.md").write_text(dpo_card(params, summary["pairs_train"], summary["pairs_eval"], targets,
+                                                train_seed, round_num))
+    write_json(paths.train_metrics, summary)
+
+
 def main(params: Params, round_num: int = 1) -> None:
     paths, cfg = round_paths(params.paths, round_num), params.train
     rows = read_jsonl(paths.preferences, required=("prompt", "chosen", "rejected"), strings=())  # message lists
@@ -78,11 +95,10 @@ def main(params: Params, round_num: int = 1) -> None:
     from trl import DPOTrainer
 
     from dpo_pipeline.models import memory, parallel
-    from dpo_pipeline.models.card import dpo_card, write_settings
     from dpo_pipeline.models.dpo import dpo_config, live_callback, live_run, shared_pairs, summarize
     from dpo_pipeline.models.kl import KLMonitor
-    from dpo_pipeline.models.loading import linear_4bit, load_tokenizer
-    from dpo_pipeline.models.lora import lora_config, save_adapter
+    from dpo_pipeline.models.loading import load_tokenizer
+    from dpo_pipeline.models.lora import lora_config
     from dpo_pipeline.models.training import TrainingProgress
 
     set_seed(train_seed := params.seed if cfg.seed is None else cfg.seed)
@@ -118,15 +134,7 @@ def main(params: Params, round_num: int = 1) -> None:
     # No wall-clock time in here: metrics must be identical for identical params.
     summary = {"pairs_train": len(split["train"]), "pairs_eval": len(split["test"]),
                **summarize(trainer.state.log_history), "kl": kl_monitor.summary()}
-    if params.model.quantization:  # what really trained, not what was asked for
-        summary["quantization"] = {"method": params.model.quantization, "linear4bit": linear_4bit(trainer.model)}
-    with atomic_path(paths.dpo_model) as out:
-        save_adapter(trainer.model, out)
-        # what made it, beside it (README.md replaces PEFT's template card): dpo_pipeline/models/card.py
-        write_settings(out, args, "training_args.json")
-        (out / "README.md").write_text(dpo_card(params, len(split["train"]), len(split["test"]),
-                                                lora.target_modules, train_seed, round_num))
-    write_json(paths.train_metrics, summary)
+    save(params, paths, trainer, summary, lora.target_modules, train_seed, round_num)
     first, final, kl = summary["first_step"], summary["final"], summary["kl"]
     print(f"[bold]train[/]: margins {first['rewards/margins']} -> {final['rewards/margins']}, KL {kl['final']}, "
           f"eval accuracy {summary['eval_final']['rewards/accuracies']} in {time.time() - start:.0f}s "
