@@ -36,6 +36,7 @@ from rich.table import Table
 
 from dpo_pipeline import cli
 from dpo_pipeline.config import Params
+from dpo_pipeline.errors import UserError
 from dpo_pipeline.files import read_jsonl, read_text
 from dpo_pipeline.evaluation.schema import JUDGED, models
 from dpo_pipeline.evaluation.schema import pairs as eval_pairs
@@ -178,16 +179,22 @@ def print_memory(params: Params, device, shape, lens, plans, why) -> None:
 def main(params: Params, args: argparse.Namespace) -> None:
     judge = make_judge(params.judge, get_task(params.task), read_text(params.task_files.policy), send=False)
     rows = judge_rows(params, judge)
-    plan = memory_plan(params, args.gpu_gib)
+    try:  # the judge's costs stand without it: e.g. a hub id's config.json cannot be had offline
+        plan, why_not = memory_plan(params, args.gpu_gib), None
+    except UserError as e:
+        plan, why_not = None, str(e)
     if args.json:
         costs = {name: dataclasses.asdict(r) for name, r in rows.items()}
+        memory = memory_json(*plan) if plan else {"memory": {}, "memory_error": why_not}
         print(json.dumps({"judge": {"backend": judge.name, "model": params.judge.model if judge.remote else None,
                                     "mode": params.judge.mode, "jobs": costs,
-                                    "total_usd": round(sum(r.usd for r in rows.values()), 4)},
-                          **memory_json(*plan)}, indent=2))
+                                    "total_usd": round(sum(r.usd for r in rows.values()), 4)}, **memory}, indent=2))
         return
     print_costs(params, judge, rows)
-    print_memory(params, *plan)
+    if plan:
+        print_memory(params, *plan)
+    else:
+        print(f"memory: no estimate ({why_not})")
 
 
 def parser() -> argparse.ArgumentParser:
