@@ -3,7 +3,8 @@
     python bench/memory.py                 # CPU: tiny, SmolLM2-135M, Qwen2.5-0.5B and Llama-3.2-1B shapes (~10 min)
     python bench/memory.py --quick         # CPU: tiny and SmolLM2-135M shapes only (~3 min)
     python bench/memory.py --gpu           # GPU: Llama-3.2-1B, -3B and Llama-3.1-8B shapes, bf16 and nf4
-    python bench/memory.py --cases smollm2-135m:dpo:b2:s256:ckpt   # chosen cases (SHAPE:KIND[:bN][:sN][:pN][:nN][:ckpt][:nf4][:ref])
+    python bench/memory.py --cases smollm2-135m:dpo:b2:s256:ckpt    # chosen cases:
+                                           # SHAPE:KIND[:bN][:sN][:pN][:nN][:ckpt][:nf4][:ref]
 
 Each case is a fresh process (nothing carries over from the one before) that builds a model of a published
 architecture's shape from its config values with random weights (nothing is downloaded) and a byte-level
@@ -73,7 +74,9 @@ CPU_CASES = [
     "smollm2-135m:load:nf4", "qwen2.5-0.5b:dpo:b1:s96", "qwen2.5-0.5b:dpo:b2:s128:ckpt", "qwen2.5-0.5b:gen:b8:p20:n8",
     "llama-3.2-1b:dpo:b1:s64", "llama-3.2-1b:dpo:b1:s128:ckpt", "llama-3.2-1b:gen:b4:p20:n8",
 ]
-QUICK_CASES = [c for c in CPU_CASES if c.startswith(("tiny:", "smollm2-135m:")) and c.split(":")[1] != "load"][:12]
+QUICK_CASES = ["tiny:dpo:b16:s192", "tiny:dpo:b16:s192:ckpt", "tiny:gen:b100:p40:n64", "smollm2-135m:dpo:b1:s128",
+               "smollm2-135m:dpo:b2:s256", "smollm2-135m:dpo:b4:s256:ckpt", "smollm2-135m:dpo:b1:s64:nf4",
+               "smollm2-135m:gen:b16:p40:n24", "smollm2-135m:kl:b16:p20:n16"]
 GPU_CASES = [
     "llama-3.2-1b:dpo:b8:s512", "llama-3.2-1b:dpo:b8:s512:ckpt", "llama-3.2-1b:dpo:b8:s512:nf4",
     "llama-3.2-1b:gen:b64:p40:n64",
@@ -149,7 +152,8 @@ def build(case: dict, tmp: Path):
         **values, max_position_embeddings=4096, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         bos_token_id=None)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype()).to(device())
+    with torch.device(device()):  # initialised where it runs: an 8B model is not made on the host first
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype())
     if case["nf4"] or case["kind"] == "load":
         model.save_pretrained(tmp / "model")
         del model
@@ -166,12 +170,20 @@ def run_case(case: dict) -> dict:
     import tempfile
 
     memory.return_freed_memory()  # as every stage's entry point does
+    import peft  # noqa: F401 - a stage's imports, so the baseline is a stage's
     import torch
-    from trl import DPOTrainer  # noqa: F401 - a training stage's imports, so the baseline is a stage's
 
-    import dpo_pipeline.models.dpo  # noqa: F401
+    import dpo_pipeline.models.generation  # noqa: F401
     import dpo_pipeline.models.kl  # noqa: F401
     import dpo_pipeline.models.loading  # noqa: F401
+    if case["kind"] == "dpo":  # a training stage's
+        from trl import DPOTrainer  # noqa: F401
+        try:
+            import dvclive  # noqa: F401
+        except ImportError:  # a GPU machine without it: its ~10 MB are not what is measured there
+            pass
+
+        import dpo_pipeline.models.dpo  # noqa: F401
 
     torch.manual_seed(0)
     baseline = status("VmRSS")
@@ -182,8 +194,9 @@ def run_case(case: dict) -> dict:
         start = time.perf_counter()
         extra = PHASES[case["kind"]](case, tok, texts, model)
         measured = peak()
+    gpu = {"reserved": torch.cuda.max_memory_reserved()} if torch.cuda.is_available() else {}
     return {"measured": measured, "baseline": baseline, "ready": ready, "seconds": time.perf_counter() - start,
-            "device": "cuda" if torch.cuda.is_available() else "cpu", **extra}
+            "device": "cuda" if torch.cuda.is_available() else "cpu", **gpu, **extra}
 
 
 def dpo_step(case: dict, tok, texts: list[str], model) -> dict:
@@ -292,25 +305,26 @@ def estimated(case: dict, result: dict) -> float:
 
     shape = memory.shape_from_config((LlamaConfig if arch == "llama" else Qwen2Config)(**values))
     dev, nf4 = result["device"], case["nf4"]
-    base = memory.CPU_BASELINE if dev == "cpu" else 0.0
+    base = memory.CPU_BASELINE["training" if case["kind"] == "dpo" else "generating"] if dev == "cpu" else 0.0
     w = memory.weight_bytes(shape, dev, nf4)
     if case["kind"] == "load":
         return base + memory.loading(shape, dev, nf4=nf4).bytes
     if case["kind"] in ("gen", "kl"):
         phase = (memory.generation if case["kind"] == "gen" else memory.kl_pass)(
             shape, dev, rows=case["b"], prompt=result["prompt"], new=case["n"])
-        adapter = 16 * memory.lora_params(shape, "auto", 16) if case["kind"] == "kl" else 0
+        adapter = 4 * memory.lora_params(shape, "auto", 16) if case["kind"] == "kl" else 0  # a fresh LoRA, no optimizer
         return base + w + adapter + phase.bytes
     rows, seq = 2 * case["b"], case["s"]
     adapter = 16 * memory.lora_params(shape, "auto", 16) + memory.TRAINER_OVERHEAD
     step = memory.training_step(shape, dev, rows=rows, seq=seq, checkpointing=case["ckpt"], nf4=nf4)
     ref = memory.no_grad_pass(shape, dev, rows=rows, seq=seq, name="reference")
-    if case["precompute"]:
-        return base + w + adapter + max(step.bytes, ref.bytes)
+    if case["precompute"]:  # TRL hashes the weights, then passes the pairs once without gradients, then trains
+        return base + w + adapter + max(step.bytes, ref.bytes, memory.reference_hash(shape, dev).bytes)
     return base + w + adapter + step.parts["activations"] + max(ref.bytes, step.parts["lm head / backward"])
 
 
-def run_all(cases: list[dict]) -> list[dict]:
+def run_all(cases: list[dict], done=lambda rows: None) -> list[dict]:
+    """Each case in a fresh process; `done(rows)` after each (a run cut short keeps what it measured)."""
     rows = []
     for case in cases:
         proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True,
@@ -320,19 +334,28 @@ def run_all(cases: list[dict]) -> list[dict]:
             continue
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         est = estimated(case, result)
-        rows.append({"case": case["name"], "device": result["device"], "measured_mib": round(result["measured"] / 2**20),
+        rows.append({"case": case["name"], "device": result["device"],
+                     "measured_mib": round(result["measured"] / 2**20),
                      "estimated_mib": round(est / 2**20), "ratio": round(result["measured"] / est, 3),
                      "seconds": round(result["seconds"], 1),
-                     **{f"{k}_mib": round(result[k] / 2**20) for k in ("baseline", "ready", "trainer") if k in result},
+                     **{f"{k}_mib": round(result[k] / 2**20) for k in ("baseline", "ready", "trainer", "reserved")
+                        if k in result},
                      **{k: result[k] for k in ("prompt",) if k in result}})
         r = rows[-1]
         print(f"{r['case']:40} {r['measured_mib']:>9,} {r['estimated_mib']:>9,} {r['ratio']:>6.2f} "
               f"{r['seconds']:>7.1f}", flush=True)
+        done(rows)
     return rows
 
 
+def summary(rows: list[dict]) -> dict:
+    ratios = [r["ratio"] for r in rows]
+    return {"cases": rows, "min_ratio": min(ratios, default=None), "max_ratio": max(ratios, default=None),
+            "within_0.8_1.25": sum(0.8 <= x <= 1.25 for x in ratios)}
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[2:7]),
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[2:8]),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="CPU: tiny and SmolLM2-135M shapes only")
@@ -349,15 +372,17 @@ def main() -> None:
                                                         else CPU_CASES))]
     except ValueError as e:
         ap.error(str(e))
+    import torch
+
+    if args.gpu and not torch.cuda.is_available():
+        ap.error("--gpu needs a GPU, and torch finds none (bash bench/gpu_memory.sh on a GPU machine)")
     print(f"{'case':40} {'measured':>9} {'estimate':>9} {'ratio':>6} {'seconds':>7}   (MiB; OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'all')})")
-    rows = run_all(cases)
-    ratios = [r["ratio"] for r in rows]
-    if ratios:
-        print(f"measured / estimated: {min(ratios):.2f} to {max(ratios):.2f} over {len(ratios)} cases "
-              f"({sum(0.8 <= x <= 1.25 for x in ratios)} within 0.8-1.25)")
-    write_result(args.json, "memory", {"cases": rows, "min_ratio": min(ratios, default=None),
-                                       "max_ratio": max(ratios, default=None)})
+    rows = run_all(cases, lambda rows: write_result(args.json, "memory", summary(rows)))
+    result = summary(rows)
+    if rows:
+        print(f"measured / estimated: {result['min_ratio']:.2f} to {result['max_ratio']:.2f} over {len(rows)} "
+              f"cases ({result['within_0.8_1.25']} within 0.8-1.25)")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ linear layers with `model.quantization: nf4`). What is counted, in bytes:
 
 - weights: parameters x 4 (CPU) or 2 (GPU); nf4: the linear layers at ~0.52 bytes a parameter (4 bits and
   the double-quantized absmax of each block of 64), embeddings and norms in float32 (PEFT's
-  prepare_model_for_kbit_training upcasts them);
+  prepare_model_for_kbit_training upcasts them); on a CPU the float32 file it was quantized from besides,
+  which stays mapped and read (`weight_bytes`);
 - the LoRA adapter: float32 parameters, gradients and AdamW's two moments (16 bytes a parameter);
 - activations kept for the backward pass, per token and layer, as the saved tensors were counted on this
   model family (bench/memory.py): both norms' inputs in float32, their outputs, the query, key and value (a
@@ -20,24 +21,26 @@ linear layers with `model.quantization: nf4`). What is counted, in bytes:
   GQA, SwiGLU architecture. With activation checkpointing: each layer's input, plus one layer recomputed;
 - DPO's batch: chosen and rejected, 2 sequences a pair, padded to the longest (at most model.max_length);
 - TRL's fused LM head (trl/kernels/chunked_logprob.py): no batch x length x vocabulary logits, but tiles of
-  at most 4,096 tokens x 32,768 vocabulary entries; on a CPU (no Triton) about 10 of them are alive in its
-  backward pass, on a GPU one;
+  at most 4,096 tokens x 32,768 vocabulary entries; on a CPU (no Triton) about 8.5 of them are alive in its
+  backward pass (its torch fallback's temporaries), on a GPU one;
 - generation: the KV cache of batch x (prompt + new tokens), the prompt's pass, and the batch x vocabulary
   scores the samplers copy a few times each step;
 - the KL pass (models/kl.py: the train stage's monitor and eval's KL): logits of the rows that fit in its
   chunk of floats and their log-softmaxes in float32;
-- the reference's log-probs before training and the validation pass: a forward pass without gradients.
+- the reference's log-probs before training and the validation pass: a forward pass without gradients; on a
+  CPU, TRL's hash of the reference's weights before it (the embedding copied to bytes).
 
 A stage's peak is its largest phase (loading, a training step, a pass without gradients, generation, KL).
-The constants below were calibrated on a CPU (bench/memory.py, docs/benchmarks.md); the GPU figures follow
-from the same counts and have not been measured yet (bench/gpu_memory.sh). `DPO_PIPELINE_MEMORY_GIB` sets
-the memory the check assumes the device has, instead of what it finds.
+The constants below were calibrated on a CPU against bench/memory.py (docs/benchmarks.md: every case within
+0.8-1.25 of measured), with the allocator setting every stage gets (`return_freed_memory`, from cli.run): with
+glibc's default a checkpointed step's resident memory was up to 10x what it held. The GPU figures follow from
+the same counts and have not been measured yet (bash bench/gpu_memory.sh). `DPO_PIPELINE_MEMORY_GIB` sets the
+memory the check assumes the device has, instead of what it finds.
 """
 
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,12 +53,13 @@ MEMORY_ENV = "DPO_PIPELINE_MEMORY_GIB"
 STAGES = ("sft", "sample", "train", "eval_baselines", "eval")
 
 # --- calibrated on a CPU (bench/memory.py; AMD EPYC, torch 2.13, transformers 5.24, TRL 1.16)
-CPU_BASELINE = 0.50 * GIB    # resident memory of a stage's process once torch, transformers, TRL, PEFT are imported
+# Resident memory of a stage's process once its imports are in: torch, transformers, PEFT (the generating
+# stages), and TRL, datasets and dvclive besides (sft, train)
+CPU_BASELINE = {"training": 0.50 * GIB, "generating": 0.40 * GIB}
 TRAINER_OVERHEAD = 0.05 * GIB  # a trainer's own state (accelerate, the tokenized pairs, the optimizer's bookkeeping)
-LM_TILES = {"cpu": (5.0, 10.0), "cuda": (1.0, 1.0)}  # LM-head tiles alive in its forward, backward pass
+LM_TILES = {"cpu": (4.5, 8.5), "cuda": (1.0, 1.0)}  # LM-head tiles alive in its forward, backward pass
 LOGIT_COPIES = {"cpu": 8.0, "cuda": 10.0}  # batch x vocabulary float32 buffers a sampling step keeps
 KL_COPIES = 5.0              # rows x new tokens x vocabulary float32 tensors the KL pass keeps at once
-LOAD_COPIES = 1.0            # nf4 on a CPU: full-precision weights held while the 4-bit model is made
 GPU_RESERVE = 0.6 * GIB      # CUDA context and kernels, not counted by torch's allocator
 GPU_SLACK = 1.10             # torch's caching allocator: reserved over allocated
 # TRL's fused LM head (trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE, utils._CHUNKED_LOGPROB_CHUNK_SIZE) and
@@ -158,8 +162,14 @@ def config_source(params: Params) -> str:
 
 
 def weight_bytes(shape: Shape, device: str, nf4: bool = False) -> float:
-    if nf4:  # the linear layers in 4 bits; embeddings, norms (and an untied LM head) upcast to float32
-        return shape.linear_params * NF4_BYTES + (shape.params - shape.linear_params) * 4
+    """The weights as loaded. nf4: the linear layers in 4 bits; embeddings, norms (and an untied LM head)
+    upcast to float32. On a CPU the full-precision file the 4-bit model was made from stays mapped (its
+    float32 embeddings are views into it) and every page was read while quantizing: resident memory counts
+    it whole, so a 4-bit base saves no resident memory on a CPU (the kernel may drop those clean pages under
+    pressure, but they count until it does)."""
+    if nf4:
+        quantized = shape.linear_params * NF4_BYTES + (shape.params - shape.linear_params) * 4
+        return quantized + (shape.linear_params * 4 if device == "cpu" else 0)
     return shape.params * (4 if device == "cpu" else 2)
 
 
@@ -213,7 +223,15 @@ def training_step(shape: Shape, device: str, *, rows: int, seq: int, checkpointi
     kept += tokens * shape.hidden * e_stream  # the final hidden states the LM head keeps
     forward = lm_head_bytes(shape, device, tokens, backward=False)
     backward = max(lm_head_bytes(shape, device, tokens, backward=True), per_layer)
-    return Phase(name, kept + max(forward, backward), {"activations": kept, "lm head / backward": max(forward, backward)})
+    transient = max(forward, backward)
+    return Phase(name, kept + transient, {"activations": kept, "lm head / backward": transient})
+
+
+def reference_hash(shape: Shape, device: str) -> Phase:
+    """TRL hashes the reference's weights before precomputing its log-probs (dpo_trainer `hash_module`):
+    each tensor copied to bytes in the host's memory, one at a time; the largest is the embedding."""
+    largest = shape.vocab * shape.hidden * 4 if device == "cpu" else 0.0
+    return Phase("reference hash", largest, {"largest weight, copied": largest})
 
 
 def no_grad_pass(shape: Shape, device: str, *, rows: int, seq: int, name: str) -> Phase:
@@ -276,12 +294,20 @@ def _rows(path: str, required: tuple[str, ...], limit: int | None = None) -> lis
 
 
 def token_counter(tokenizer):
-    """Token counts of conversations (each a message list), as TRL and generation render them."""
+    """Token counts of conversations (each a message list), as TRL and generation render them; from characters
+    without a tokenizer, or where its chat template refuses a conversation."""
+    def by_characters(conversations: list[list[dict]]) -> list[int]:
+        return [int(sum(len(str(m["content"])) for m in c) / CHARS_PER_TOKEN) + TEMPLATE_TOKENS for c in conversations]
+
     def count(conversations: list[list[dict]], prompt: bool) -> list[int]:
-        if tokenizer is None:
-            return [int(sum(len(m["content"]) for m in c) / CHARS_PER_TOKEN) + TEMPLATE_TOKENS for c in conversations]
-        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=prompt) for c in conversations]
-        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        if tokenizer is None or not conversations:
+            return by_characters(conversations)
+        try:
+            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=prompt)
+                     for c in conversations]
+        except Exception:  # noqa: BLE001 - a template's own error (jinja's, a role it refuses): an estimate still
+            return by_characters(conversations)
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
     return count
 
 
@@ -355,7 +381,7 @@ def estimate(params: Params, stage: str, device: str, shape: Shape, lens: Length
     holds throughout (CPU: the imports)."""
     phases, processes, note = _phases(params, stage, device, shape, lens, round_num)
     top = max(phases, key=lambda p: p.bytes, default=Phase("no model", 0.0))
-    baseline = CPU_BASELINE if device == "cpu" else 0.0
+    baseline = CPU_BASELINE["training" if stage in ("sft", "train") else "generating"] if device == "cpu" else 0.0
     return Estimate(stage, device, baseline + top.bytes, processes, top, note)
 
 
@@ -422,12 +448,9 @@ def _with(phase: Phase, weights: float, extra: float = 0.0, extra_name: str = "a
 
 
 def loading(shape: Shape, device: str, models: int = 1, nf4: bool = False) -> Phase:
-    """Loading: the weights (safetensors are mapped, not copied, and become resident as they are read).
-    nf4 on a CPU: the full-precision model first (merged, saved again, freed), then the 4-bit one; on a GPU
-    the full-precision model stays in the host's memory and only the 4-bit weights come to the GPU."""
-    if device == "cpu" and nf4:
-        full = weight_bytes(shape, "cpu") * models
-        return Phase("loading", full * LOAD_COPIES, {"full-precision weights while loading": full * LOAD_COPIES})
+    """Loading: the weights, nothing more (safetensors are mapped, not copied, and become resident as they
+    are read). nf4: the SFT model is merged in full precision in the host's memory, saved and loaded from
+    there in 4 bits (models/loading.load_merged_4bit): on a GPU only the 4-bit weights come to it."""
     w = weight_bytes(shape, device, nf4) * models
     return Phase("loading", w, {"weights": w})
 
@@ -448,7 +471,8 @@ def _training_phases(params: Params, stage: str, device: str, shape: Shape, lens
         eval_rows = 2 * (cfg.micro_batch_size or cfg.batch_size)
         validation = [no_grad_pass(shape, device, rows=eval_rows, seq=seq, name="validation pass")]
         if cfg.precompute_ref_log_probs:
-            validation.append(no_grad_pass(shape, device, rows=rows, seq=seq, name="reference log-probs"))
+            validation += [no_grad_pass(shape, device, rows=rows, seq=seq, name="reference log-probs"),
+                           reference_hash(shape, device)]
         kl_rows = min(cfg.kl_prompts, KL_BATCH) if world == 1 else -(-cfg.kl_prompts // world)
         validation.append(kl_pass(shape, device, rows=kl_rows, prompt=lens.prompts["train"],
                                   new=cfg.kl_max_new_tokens))
@@ -631,7 +655,9 @@ def refusal(plan: StagePlan, device: Device) -> str:
             f"({device.capacity / GIB:.1f} GiB {'available' if device.kind == 'cpu' else 'free'}; "
             f"largest phase: {est.phase.name if est.phase else 'none'})")
     if not plan.suggestions:
-        return line + ": no setting the memory plan tries fits (python -m tools.estimate shows it)"
+        weights = (est.phase.parts.get("weights") if est.phase else None) or 0.0
+        alone = f": the weights alone are ~{weights / GIB:.1f} GiB" if weights else ""
+        return line + f": no setting the memory plan tries fits{alone} (python -m tools.estimate shows it)"
     settings, other = plan.suggestions[0]
     return line + f": set {flags(settings)} (fits at ~{needed(other, device) / GIB:.1f} GiB)"
 
