@@ -21,7 +21,6 @@ from typing import Any, Callable
 from dpo_pipeline import rounds
 from dpo_pipeline.config import load_params
 from dpo_pipeline.errors import ServiceError, UserError
-from dpo_pipeline.models import memory
 
 # Stages draw their own progress (rich); the libraries' bars (loading weights or files, datasets' map, TRL's
 # reference log-probs pass) would only interleave with it and pour carriage returns into dvc's log. Set before
@@ -47,9 +46,6 @@ def run(main: Callable[..., None], parser: argparse.ArgumentParser | None = None
     # kernel (fetched from the hub) is missing: every stage would print it, whether it uses 4-bit or not
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     warnings.showwarning = show_once(warnings.showwarning)
-    # Freed memory goes back to the system at once (glibc), so a stage's resident memory is what it holds:
-    # half the train stage's peak on a CPU, and what the memory plan (models/memory.py) estimates
-    memory.return_freed_memory()
     wanted = inspect.signature(main).parameters
     if parser is None:
         parser = stage_parser(sys.modules[main.__module__].__doc__ or "", with_round="round_num" in wanted)

@@ -14,11 +14,12 @@ from pathlib import Path
 
 # Plumbing (validation, file I/O, error printing, the entry point) cannot change an output, and neither can
 # what it imports to validate: the walk neither lists it nor goes through it. The memory plan is a check of
-# that kind (a stage runs unchanged or stops before loading weights), so refining its estimate re-runs nothing.
+# that kind (a stage runs unchanged or stops before loading weights), so refining its estimate re-runs nothing;
+# so is the progress bar, which only draws.
 # The rooms' __init__ files hold only a docstring (tests/test_layout.py checks).
 PLUMBING = {"dpo_pipeline", "dpo_pipeline.cli", "dpo_pipeline.config", "dpo_pipeline.errors", "dpo_pipeline.files",
             "dpo_pipeline.fingerprint", "dpo_pipeline.models", "dpo_pipeline.judging", "dpo_pipeline.evaluation",
-            "dpo_pipeline.reporting", "dpo_pipeline.models.memory"}
+            "dpo_pipeline.reporting", "dpo_pipeline.models.memory", "dpo_pipeline.progress"}
 # Files a module reads at run time besides code: they count whole, byte for byte.
 DATA = {"dpo_pipeline.reporting.page": ["dpo_pipeline/reporting/page.html"]}
 TASKS = "dpo_pipeline.tasks"  # a stage importing it runs the selected task's module, loaded by path

@@ -1,13 +1,15 @@
 """One progress bar for every long step: what, how far, elapsed, rate and time left.
 
 rich's default columns show no elapsed time and no rate, which is what a user waiting on 2,000 samples
-or judgments wants to see. Under CI (`CI` set) the bar stays on screen so the log keeps its last state.
+or judgments wants to see. Under CI (`CI` set) the bar stays on screen so the log keeps its last state. It draws
+on stderr: stdout is a tool's answer (`--json`), which a bar must never run into.
 """
 
 from __future__ import annotations
 
 import os
 
+from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskProgressColumn,
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
@@ -30,6 +32,6 @@ def progress(unit: str = "it", console=None, refresh_per_second: float = 10) -> 
     from its own thread `refresh_per_second` times a second."""
     return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TaskProgressColumn(), TimeElapsedColumn(), RateColumn(unit), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=console,
+                    TimeRemainingColumn(), console=console or Console(stderr=True),
                     refresh_per_second=refresh_per_second, transient=not os.environ.get("CI"))
 

@@ -19,7 +19,8 @@ from dpo_pipeline.config import load_params
 from dpo_pipeline.errors import UserError
 from dpo_pipeline.models import memory
 from dpo_pipeline.models.memory import GIB, Device, Lengths
-from tests.helpers import run_stage, save_tiny
+from tests.support.models import save_tiny
+from tests.support.stages import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -111,6 +112,24 @@ def test_a_bad_memory_override_is_one_line(monkeypatch):
         memory.this_device(gpu_gib=24)
     monkeypatch.setenv(memory.MEMORY_ENV, "12")
     assert memory.this_device(gpu_gib=24).capacity == 12 * GIB
+
+
+def test_the_check_returns_freed_memory_where_memory_is_tight_or_checkpointing_is_on(params, monkeypatch):
+    """glibc's default is faster but keeps more than the estimate assumes; where that could matter the check
+    makes freed memory go back at once (models/memory.return_freed_memory)."""
+    calls = []
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(memory, "return_freed_memory", lambda: calls.append(1))
+    need = memory.estimate(params, "train", "cpu", memory.model_shape(params), memory.lengths(params)).total
+    for capacity, settings, returned in ((100 * GIB, {}, False), (1.5 * need, {}, True),
+                                         (100 * GIB, {"train.activation_checkpointing": True}, True)):
+        calls.clear()
+        monkeypatch.setattr(memory, "this_device", lambda **_: Device("cpu", "cpu", capacity))
+        memory.check_fits(memory.with_settings(params, settings), "train")
+        assert bool(calls) is returned, (capacity, settings)
+    monkeypatch.setattr(memory, "this_device", lambda **_: Device("cpu", "cpu", 0.9 * need))
+    with pytest.raises(UserError, match=r"^train: needs ~"):
+        memory.check_fits(params, "train")
 
 
 # --- tools.estimate ------------------------------------------------------------------------------------------

@@ -4,15 +4,19 @@ bootstrap CI, so a cheap judge can be checked against a dear one on a sample bef
     python -m tools.judges --judges rubric reward_model              (50 pairs of paths.samples)
     python -m tools.judges --judges reward_model anthropic --n 200   (Claude on 400 requests: tools.estimate)
     python -m tools.judges --judges rubric reward_model --from preferences --json
+    python -m tools.judges --judges anthropic:claude-opus-4-7 openai:qwen2.5-7b@http://127.0.0.1:8000/v1
 
-Each judge is params.yaml's judge section with only `backend` changed: `judge.model`, `judge.reward_model`,
-the cache and the budget are the params'. The pairs are a seeded sample (`--seed`, default the params' seed)
-of `--n` prompts of paths.samples (two distinct candidates of each) or of the kept pairs of
-paths.preferences, each shown in a seeded order. A judge that may favour a position is asked in both orders
-and a disagreement is a tie, as the stages ask it; a reward model scores each response once. Two judges
-agree on a pair when both answered it validly and their verdicts (A, B or tie) are the same; "decisive" counts
-only the pairs where neither said tie. The CIs resample the pairs. Answers are cached as the stages' are, so
-the pipeline reuses what this paid for.
+A judge is BACKEND[:MODEL][@BASE_URL]: params.yaml's judge section with `backend` changed and, where given,
+the model (`judge.model` for anthropic and openai, `judge.reward_model` for reward_model) and the server
+(anthropic and openai). Without @BASE_URL, a judge of params.yaml's own backend keeps `judge.base_url`; one of
+another backend gets the SDK's (ANTHROPIC_BASE_URL / OPENAI_BASE_URL, else the vendor's). The cache, the
+prices and the rest are the params'; each paid judge keeps to `judge.max_cost_usd` on its own. The pairs are
+a seeded sample (`--seed`, default the params' seed) of `--n` prompts of paths.samples (two distinct
+candidates of each) or of the kept pairs of paths.preferences, each shown in a seeded order. A judge that may
+favour a position is asked in both orders and a disagreement is a tie, as the stages ask it; a reward model
+scores each response once. Two judges agree on a pair when both answered it validly and their verdicts (A, B
+or tie) are the same; "decisive" counts only the pairs where neither said tie. The CIs resample the pairs.
+Answers are cached as the stages' are, so the pipeline reuses what this paid for.
 """
 
 from __future__ import annotations
@@ -64,12 +68,35 @@ def sample_pairs(params: Params, source: str, n: int, seed: int) -> list[Item]:
     return [(p, a, b) if rng.random() < 0.5 else (p, b, a) for p, a, b in picked]
 
 
-def build(params: Params, backend: str) -> Judge:
-    """The params' judge with `backend`, validated as params.yaml would be (a reward model needs its folder)."""
+def judge_settings(params: Params, spec: str) -> dict:
+    """The judge section a spec BACKEND[:MODEL][@BASE_URL] stands for: params.yaml's with those replaced."""
+    backend = spec.split("@", 1)[0].split(":", 1)[0]
+    rest = spec[len(backend):]  # "", ":MODEL...", or "@URL"
+    if backend not in BACKENDS:
+        raise UserError(f"--judges {spec}: the backend is one of {', '.join(BACKENDS)}")
+    changes: dict = {"backend": backend}
+    if backend != params.judge.backend:  # params' server is for params' backend
+        changes["base_url"] = None
+    if backend in ("anthropic", "openai"):
+        model, at, url = rest.removeprefix(":").partition("@")
+        if at and not url.startswith(("http://", "https://")):
+            raise UserError(f"--judges {spec}: the server after @ is a URL, e.g. http://127.0.0.1:8000/v1")
+        changes |= ({"model": model} if model else {}) | ({"base_url": url} if at else {})
+    elif backend == "reward_model" and rest.startswith(":"):
+        changes["reward_model"] = rest[1:]  # a folder's path may hold an @
+    elif backend == "rubric" and rest:
+        raise UserError(f"--judges {spec}: the rubric takes no model and no server")
+    elif rest:
+        raise UserError(f"--judges {spec}: a reward model takes no server: reward_model:FOLDER_OR_HUB_ID")
+    return params.judge.model_dump() | changes
+
+
+def build(params: Params, spec: str) -> Judge:
+    """The judge a spec names, validated as params.yaml would be (a priced model, a reward model's folder)."""
     try:
-        cfg = JudgeParams.model_validate(params.judge.model_dump() | {"backend": backend})
+        cfg = JudgeParams.model_validate(judge_settings(params, spec))
     except ValidationError as e:
-        raise UserError(f"--judges {backend}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        raise UserError(f"--judges {spec}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     return make_judge(cfg, get_task(params.task), read_text(params.task_files.policy))
 
 
@@ -100,10 +127,10 @@ def main(params: Params, args: argparse.Namespace) -> None:
     seed = params.seed if args.seed is None else args.seed
     items = sample_pairs(params, args.source, args.n, seed)
     judged, judges = {}, {}
-    for backend in args.judges:
-        judge = build(params, backend)
-        judged[backend] = pairwise_both_orders(judge, items)
-        judges[backend] = summary(judge, judged[backend])
+    built = {spec: build(params, spec) for spec in args.judges}  # every spec checked before anything is asked
+    for spec, judge in built.items():
+        judged[spec] = pairwise_both_orders(judge, items)
+        judges[spec] = summary(judge, judged[spec])
     result = {"pairs": len(items), "source": args.source, "seed": seed, "judges": judges,
               "agreement": [{"judges": [a, b], **agreement(judged[a], judged[b], params.eval.bootstrap_samples, seed)}
                             for a, b in combinations(args.judges, 2)]}
@@ -144,8 +171,9 @@ class TwoOrMore(argparse.Action):
 
 def parser() -> argparse.ArgumentParser:
     p = cli.tool_parser(__doc__)
-    p.add_argument("--judges", nargs="+", choices=BACKENDS, required=True, action=TwoOrMore, metavar="JUDGE",
-                   help=f"two or more of {', '.join(BACKENDS)}, each with params.yaml's judge settings")
+    p.add_argument("--judges", nargs="+", required=True, action=TwoOrMore, metavar="JUDGE",
+                   help=f"two or more of BACKEND[:MODEL][@BASE_URL], BACKEND one of {', '.join(BACKENDS)}; the rest "
+                        "of each judge's settings are params.yaml's")
     p.add_argument("--n", type=cli.arg_type(int, lambda n: n > 0, "a whole number > 0"), default=50,
                    help="pairs to ask about (default: %(default)s)")
     p.add_argument("--from", dest="source", choices=("samples", "preferences"), default="samples",

@@ -32,9 +32,10 @@ linear layers with `model.quantization: nf4`). What is counted, in bytes:
 
 A stage's peak is its largest phase (loading, a training step, a pass without gradients, generation, KL).
 The constants below were calibrated on a CPU against bench/memory.py (docs/benchmarks.md: every case within
-0.8-1.25 of measured), with the allocator setting every stage gets (`return_freed_memory`, from cli.run): with
-glibc's default a checkpointed step's resident memory was up to 10x what it held. The GPU figures follow from
-the same counts and have not been measured yet (bash bench/gpu_memory.sh). `DPO_PIPELINE_MEMORY_GIB` sets the
+0.8-1.25 of measured). They assume freed memory goes back to the system at once (`return_freed_memory`,
+which `check_fits` sets for sft and train where memory is tight or checkpointing is on); glibc's default is
+faster and keeps more: 1.3-1.5x on a DPO step, up to ~1.3x generating. The GPU figures follow from the same counts and have not
+been measured yet (bash bench/gpu_memory.sh). `DPO_PIPELINE_MEMORY_GIB` sets the
 memory the check assumes the device has, instead of what it finds.
 """
 
@@ -665,12 +666,18 @@ def refusal(plan: StagePlan, device: Device) -> str:
 def check_fits(params: Params, stage: str, tokenizer=None, round_num: int = 1) -> Estimate:
     """Before a stage loads weights: its estimate against what this process's device has free (CPU: available
     RAM; GPU: torch.cuda.mem_get_info; DPO_PIPELINE_MEMORY_GIB replaces it). Raises UserError naming the
-    cheapest setting that fits, when it does not."""
+    cheapest setting that fits, when it does not. On a CPU where memory is tight (the estimate past half of
+    what is free) or with activation checkpointing, freed memory is returned at once from here on
+    (`return_freed_memory`): what the estimate assumes, at some speed."""
     device = this_device(free=True)
     lens = lengths(params, tokenizer)
     plan = plan_stage(params, stage, device, model_shape(params), lens, round_num, max_suggestions=1)
     if plan.fits is False:
         raise UserError(refusal(plan, device))
+    checkpointing = getattr(getattr(params, stage, None), "activation_checkpointing", False)
+    tight = device.capacity is not None and needed(plan.estimate, device) > device.capacity / 2
+    if device.kind == "cpu" and (checkpointing or tight):
+        return_freed_memory()
     return plan.estimate
 
 
@@ -682,11 +689,12 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 def return_freed_memory(threshold: int = 2 ** 20) -> None:
     """Make freed blocks of `threshold` bytes and more go back to the system at once (glibc: fix the mmap
-    threshold, which otherwise rises to 32 MB as blocks are freed). Without it, glibc's heap kept what a
-    checkpointed layer freed instead of reusing it: a DPO step's resident memory reached 2-10x what it held
-    (bench/memory.py), which no estimate can follow. 1 MiB: the tiny model's sft stage as fast as without
-    (14.8-15.5 s against 14.3-15.1 s, alternating runs); 256 KiB saved a little more memory but cost it 50% in
-    page faults. No-op without glibc."""
+    threshold, which otherwise rises to 32 MB as blocks are freed, after which its heap keeps them). With
+    glibc's default a DPO step's resident memory was 1.3-1.5x what this setting gives (SmolLM2-135M's shape,
+    4 pairs of 192 tokens: 6.2 against 4.6 GiB), and activation checkpointing saved little of it (4.9 against
+    3.4 GiB at 4 x 256): the heap kept what each recomputed layer freed. The price is page faults: that step
+    17% slower, the tiny model's train stage 50% (its many 1-8 MB tensors), so `check_fits` sets it only where
+    memory is tight or checkpointing is on. The estimates assume it. No-op without glibc."""
     try:
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold)
     except (OSError, AttributeError):
