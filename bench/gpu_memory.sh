@@ -19,4 +19,4 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONPATH=${PYTHONPATH:-$PWD} HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-timeout ${LIMIT_S:-470} python3 bench/memory.py --gpu --json "$OUT/memory.json" 2>&1 | tee "$OUT/memory.txt"
+timeout ${LIMIT_S:-470} python3 -m bench.memory --gpu --json "$OUT/memory.json" 2>&1 | tee "$OUT/memory.txt"

@@ -57,5 +57,5 @@ print(json.dumps({"stage": stage, "start": time.time() - (time.perf_counter() - 
 sys.exit(code)
 EOF
 done
-[ "${BENCH:-1}" = 0 ] || python3 bench/train_shape.py --model models/base --steps 20 --warmup 3 --batch-size 16 --tokens 256 --pairs 384 \
+[ "${BENCH:-1}" = 0 ] || python3 -m bench.train_shape --model models/base --steps 20 --warmup 3 --batch-size 16 --tokens 256 --pairs 384 \
   --json "$OUT/train_shape.json" | tee "$OUT/train_shape.txt"

@@ -1,6 +1,6 @@
 """How close the anthropic judge gets to ideal concurrency against a server with fixed latency.
 
-    python bench/judge_concurrency.py [--n 1000] [--concurrency 16] [--latency 0.1]
+    python -m bench.judge_concurrency [--n 1000] [--concurrency 16] [--latency 0.1]
 
 Starts the tests' Messages API server on 127.0.0.1 in its own process (so it does not share the judge's
 GIL) with `--latency` seconds per answer, warms the client up (imports, connections), judges `--n` distinct
@@ -13,18 +13,16 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.result import add_json_arg, write_result
+from dpo_pipeline.judging.claude import AnthropicJudge
+from dpo_pipeline.config import load_params
+from tests.support.fake_anthropic import FakeAnthropic
 
-from dpo_pipeline.judging.claude import AnthropicJudge  # noqa: E402
-from dpo_pipeline.config import load_params  # noqa: E402
-from result import add_json_arg, write_result  # noqa: E402
-from tests.helpers import FakeAnthropic  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def answer(body: dict) -> dict:

@@ -1,7 +1,7 @@
 """The rate the anthropic judge achieves under judge.requests_per_minute / judge.input_tokens_per_minute,
 measured where the API would measure it: at the server.
 
-    python bench/judge_rate_limit.py [--n 100] [--rpm 600] [--itpm 0] [--concurrency 16] [--latency 0.05]
+    python -m bench.judge_rate_limit [--n 100] [--rpm 600] [--itpm 0] [--concurrency 16] [--latency 0.05]
 
 Starts the tests' Messages API server on 127.0.0.1, judges `--n` distinct responses with an empty cache and
 the given limits (0: none), and prints the requests and estimated input tokens a minute the server received
@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.result import add_json_arg, write_result
+from dpo_pipeline.config import load_params
+from dpo_pipeline.judging.claude import AnthropicJudge
+from tests.support.fake_anthropic import FakeAnthropic
 
-from dpo_pipeline.config import load_params  # noqa: E402
-from dpo_pipeline.judging.claude import AnthropicJudge  # noqa: E402
-from result import add_json_arg, write_result  # noqa: E402
-from tests.helpers import FakeAnthropic  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def answer(body: dict) -> dict:

@@ -1,7 +1,7 @@
 """KL(SFT+DPO || SFT) by the two estimators on the same sampled sequences: the exact per-position KL summed
 along each sequence (what the pipeline reports) and the sampled tokens' log-ratio sum ("k1", what it used to).
 
-    dvc repro train && python bench/kl.py [--prompts eval|train] [--n 200] [--max-new-tokens 64]
+    dvc repro train && python -m bench.kl [--prompts eval|train] [--n 200] [--max-new-tokens 64]
 
 Loads the pipeline's SFT model and DPO adapter (models/sft, models/dpo), samples one response a prompt from
 the policy (temperature 1, the whole vocabulary, seeded by the prompt, as eval's and the monitor's KL do), and
@@ -12,17 +12,15 @@ sequences each puts below zero. Both are unbiased for the same KL: the width is 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.result import add_json_arg, write_result
+from dpo_pipeline.config import load_params
+from dpo_pipeline.files import read_jsonl
+from dpo_pipeline.models.kl import kl_summary, sequence_kls
+from dpo_pipeline.models.loading import load_round, load_tokenizer
 
-from dpo_pipeline.config import load_params  # noqa: E402
-from dpo_pipeline.files import read_jsonl  # noqa: E402
-from dpo_pipeline.models.kl import kl_summary, sequence_kls  # noqa: E402
-from dpo_pipeline.models.loading import load_round, load_tokenizer  # noqa: E402
-from result import add_json_arg, write_result  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
 """Measured peak memory over the memory plan's estimate (dpo_pipeline/models/memory.py), case by case.
 
-    python bench/memory.py                 # CPU: tiny, SmolLM2-135M, Qwen2.5-0.5B and Llama-3.2-1B shapes (~10 min)
-    python bench/memory.py --quick         # CPU: tiny and SmolLM2-135M shapes only (~3 min)
-    python bench/memory.py --gpu           # GPU: Llama-3.2-1B, -3B and Llama-3.1-8B shapes, bf16 and nf4
-    python bench/memory.py --cases smollm2-135m:dpo:b2:s256:ckpt    # chosen cases:
-                                           # SHAPE:KIND[:bN][:sN][:pN][:nN][:ckpt][:nf4][:ref]
+    python -m bench.memory                 # CPU: tiny, SmolLM2-135M, Qwen2.5-0.5B and Llama-3.2-1B shapes (~10 min)
+    python -m bench.memory --quick         # CPU: tiny and SmolLM2-135M shapes only (~3 min)
+    python -m bench.memory --gpu           # GPU: Llama-3.2-1B, -3B and Llama-3.1-8B shapes, bf16 and nf4
+    python -m bench.memory --cases smollm2-135m:dpo:b2:s256:ckpt    # chosen cases:
+                                           # SHAPE:KIND[:bN][:sN][:pN][:nN][:ckpt][:nf4][:ref][:glibc]
 
 Each case is a fresh process (nothing carries over from the one before) that builds a model of a published
 architecture's shape from its config values with random weights (nothing is downloaded) and a byte-level
@@ -21,7 +21,8 @@ shape, not on which ids come in), then runs one phase as the stages do:
   eval run it;
 - load: the model saved, then loaded as the stages load it (the load's own peak).
 Measured: on a CPU the process's peak resident memory during the phase (/proc/self/status VmHWM, reset
-before it), with the allocator setting every stage gets (models/memory.return_freed_memory); on a GPU
+before it), with freed memory returned at once as the plan assumes (models/memory.return_freed_memory, which
+sft and train set where memory is tight; `:glibc` measures glibc's default instead); on a GPU
 torch.cuda.max_memory_allocated. Estimated: the plan's formula for that phase, with the prompt lengths the
 case measured. Prints each case's ratio and their range; `--json PATH` writes them.
 """
@@ -36,11 +37,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.result import add_json_arg, write_result
+from dpo_pipeline.models import memory
 
-from dpo_pipeline.models import memory  # noqa: E402
-from result import add_json_arg, write_result  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # Published config.json values (hub: HuggingFaceTB/SmolLM2-135M-Instruct, Qwen/Qwen2.5-0.5B-Instruct,
 # meta-llama/Llama-3.2-1B, -3B, Llama-3.1-8B); tiny is params.yaml's builtin:tiny.
@@ -91,11 +91,11 @@ def parse_case(text: str) -> dict:
     if shape not in SHAPES or kind not in ("dpo", "gen", "kl", "load"):
         raise ValueError(f"unknown shape or kind in {text!r}")
     case = {"name": text, "shape": shape, "kind": kind, "b": 1, "s": 64, "p": 20, "n": 8,
-            "ckpt": False, "nf4": False, "precompute": True}
+            "ckpt": False, "nf4": False, "precompute": True, "glibc": False}
     for f in flags:
         if f[0] in "bspn" and f[1:].isdigit():
             case[f[0]] = int(f[1:])
-        elif f in ("ckpt", "nf4"):
+        elif f in ("ckpt", "nf4", "glibc"):
             case[f] = True
         elif f == "ref":
             case["precompute"] = False
@@ -169,7 +169,8 @@ def run_case(case: dict) -> dict:
     """Build, reset the peak, run the phase, read the peak; with what the estimate needs to know."""
     import tempfile
 
-    memory.return_freed_memory()  # as every stage's entry point does
+    if not case["glibc"]:  # the estimate's assumption, as sft and train run where memory is tight (`:glibc`:
+        memory.return_freed_memory()  # glibc's default, as the other stages run, for comparison)
     import peft  # noqa: F401 - a stage's imports, so the baseline is a stage's
     import torch
 
@@ -327,8 +328,8 @@ def run_all(cases: list[dict], done=lambda rows: None) -> list[dict]:
     """Each case in a fresh process; `done(rows)` after each (a run cut short keeps what it measured)."""
     rows = []
     for case in cases:
-        proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True,
-                              cwd=ROOT)
+        proc = subprocess.run([sys.executable, "-m", "bench.memory", "--case", json.dumps(case)], capture_output=True,
+                              text=True, cwd=ROOT)
         if proc.returncode:
             print(f"{case['name']}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
@@ -360,7 +361,8 @@ def main() -> None:
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="CPU: tiny and SmolLM2-135M shapes only")
     group.add_argument("--gpu", action="store_true", help="1B, 3B and 8B shapes, bf16 and nf4 (needs a GPU)")
-    group.add_argument("--cases", nargs="+", metavar="CASE", help="SHAPE:KIND[:bN][:sN][:pN][:nN][:ckpt][:nf4][:ref]")
+    group.add_argument("--cases", nargs="+", metavar="CASE",
+                       help="SHAPE:KIND[:bN][:sN][:pN][:nN][:ckpt][:nf4][:ref][:glibc]")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # one case, run in this process (the bench's subprocess)
     add_json_arg(ap)
     args = ap.parse_args()

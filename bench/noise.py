@@ -3,8 +3,8 @@ the counter-based noise (one pass for the batch on the model's device; what an a
 CPU generators (one torch.rand a row a step, then a copy to the device; what a CPU uses), beside the decode
 step itself, in one invocation.
 
-    python bench/noise.py                          # batch 64, vocab 49,152 (SmolLM2) and 151,936 (Qwen2.5)
-    python bench/noise.py --device cuda --json out.json
+    python -m bench.noise                          # batch 64, vocab 49,152 (SmolLM2) and 151,936 (Qwen2.5)
+    python -m bench.noise --device cuda --json out.json
 
 The decode step is one token of a randomly initialised SmolLM2-135M-shaped Llama (its body, with each
 vocabulary as its embedding and head) at `--context` tokens of KV cache; its weights do not change its
@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from dpo_pipeline.models.generation import M32, gumbel, mix32, prompt_seed  # noqa: E402
-from result import add_json_arg, write_result  # noqa: E402
+from bench.result import add_json_arg, write_result
+from dpo_pipeline.models.generation import M32, gumbel, mix32, prompt_seed
 
 
 class Counter:

@@ -1,7 +1,7 @@
 """Where the pipeline's time and memory go: a full `dvc repro` stage by stage, a beta change, a no-op.
 
-    python bench/pipeline.py                 (this commit)
-    python bench/pipeline.py ecd84a4 HEAD    (each commit in turn, in one run, and the ratios between them)
+    python -m bench.pipeline                 (this commit)
+    python -m bench.pipeline ecd84a4 HEAD    (each commit in turn, in one run, and the ratios between them)
 
 In a fresh clone of this repository (a temporary folder, sharing this .venv), runs each stage with
 `dvc repro -s <stage>` and records its wall time and peak RSS (of the largest process it ran, dvc or the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from result import add_json_arg, write_result
+from bench.result import add_json_arg, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "sft", "sample", "judge", "train", "eval_baselines", "eval", "report")

@@ -1,12 +1,14 @@
 """How fast are the tiny base's pre-training (prepare) and SFT with each `micro_batch_size`?
 
-    python bench/prepare.py                            (prepare: micro4 whole micro2 micro8 threads1)
-    python bench/prepare.py --runs whole micro4 whole  (a run named twice runs twice: the machine's noise)
-    python bench/prepare.py --stage sft --runs micro4 whole micro4 whole
+    python -m bench.prepare                            (prepare: micro4 whole micro2 micro8 threads1)
+    python -m bench.prepare --runs whole micro4 whole  (a run named twice runs twice: the machine's noise)
+    python -m bench.prepare --stage sft --runs micro4 whole micro4 whole
 
-Each run is a fresh process that trains `builtin:tiny` from params.yaml into a temporary folder, exactly as
-`stages.prepare` does (or, with `--stage sft`, runs `stages.sft` on the workspace's models/base into a
-temporary folder), with one change to `model.tiny.micro_batch_size` (or `sft.micro_batch_size`):
+Each run is a fresh process (`python -m bench.prepare --one MICRO OUT`, its result one JSON line on stdout)
+that trains `builtin:tiny` from params.yaml into a temporary folder with the library's `train_tiny_base`, as
+`stages.prepare` does (or, with `--stage sft`, trains the SFT adapter on the workspace's models/base into a
+temporary folder with the trainer `stages.sft` builds from the library's settings), with one change to
+`model.tiny.micro_batch_size` (or `sft.micro_batch_size`):
 - whole: `micro_batch_size: null`, each step's 32 examples padded as one batch (the default before issue 15);
 - micro2 / micro4 / micro8: the same 32 examples a step (same data order, same optimizer steps), cut by
   transformers' batch_rebalance sampler into 2 / 4 / 8 micro-batches of similar lengths (micro_batch_size
@@ -25,51 +27,85 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from result import add_json_arg, write_result
+from bench.result import add_json_arg, write_result
+from dpo_pipeline.config import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
+WHY = "the bench trains on them"  # sft_pairs names it when the data is missing
 
-# One run, in its own process (a thread count is set before torch starts): prints its seconds and final loss.
-RUN = {"prepare": """
-import json, sys, time
-from pathlib import Path
-from dpo_pipeline.config import load_params
-from dpo_pipeline.files import read_jsonl
-from dpo_pipeline.models import tiny
-from dpo_pipeline.tasks import get_task
-
-micro, out = int(sys.argv[1]), Path(sys.argv[2])
-params = load_params()
-task = get_task(params.task)
-rows = read_jsonl(params.task_files.sft_data, required=("prompt", "response"))
-texts = [task.pretrain_text(r["prompt"], r["response"]) for r in rows]
-size = None if micro == 1 else params.model.tiny.batch_size // micro
-cfg = params.model.model_copy(update={"tiny": params.model.tiny.model_copy(update={"micro_batch_size": size})})
-start = time.perf_counter()
-info = tiny.train_tiny_base(texts, cfg, params.seed, out)
-print(json.dumps({"seconds": time.perf_counter() - start, "loss": info["final_loss"]}))
-""", "sft": """
-import contextlib, io, json, re, sys, time
-from dpo_pipeline.config import load_params
-from stages import sft
-
-micro, out = int(sys.argv[1]), sys.argv[2]
-params = load_params()
-size = None if micro == 1 else params.sft.batch_size // micro
-params = params.model_copy(update={"sft": params.sft.model_copy(update={"micro_batch_size": size}),
-                                   "paths": params.paths.model_copy(update={"sft_model": out})})
-log = io.StringIO()
-start = time.perf_counter()
-with contextlib.redirect_stdout(log):
-    sft.main(params)
-seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "loss": float(re.search(r"loss ([0-9.]+)", log.getvalue()).group(1))}))
-"""}
 WEIGHTS = {"prepare": "model.safetensors", "sft": "adapter_model.safetensors"}
 
 RUNS = {"micro4": (4, None), "whole": (1, None), "micro2": (2, None), "micro8": (8, None), "threads1": (None, "1")}
+
+
+def pretrain(params: Params, micro: int, out: Path) -> dict:
+    """stages.prepare's builtin:tiny branch, `micro` micro-batches a step; timed around the training alone."""
+    from dpo_pipeline.files import sft_pairs
+    from dpo_pipeline.models.tiny import train_tiny_base
+    from dpo_pipeline.tasks import get_task, need
+
+    pretrain_text = need(get_task(params.task), "pretrain_text")
+    texts = [pretrain_text(r["prompt"], r["response"]) for r in sft_pairs(params, WHY)]
+    size = None if micro == 1 else params.model.tiny.batch_size // micro
+    cfg = params.model.model_copy(update={"tiny": params.model.tiny.model_copy(update={"micro_batch_size": size})})
+    start = time.perf_counter()
+    info = train_tiny_base(texts, cfg, params.seed, out)
+    return {"seconds": time.perf_counter() - start, "loss": info["final_loss"]}
+
+
+def sft(params: Params, micro: int, out: Path) -> dict:
+    """stages.sft's training (model.sft null) with `micro` micro-batches a step, the adapter saved to `out`; timed
+    from reading the pairs to the saved adapter, as the stage runs. The stage's card and settings files are
+    left out: they take no measurable time."""
+    from datasets import Dataset
+    from transformers import PrinterCallback, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    from dpo_pipeline.chat import assistant, user
+    from dpo_pipeline.files import sft_pairs
+    from dpo_pipeline.models import memory
+    from dpo_pipeline.models.loading import load_base, load_tokenizer
+    from dpo_pipeline.models.lora import lora_config, save_adapter
+    from dpo_pipeline.models.training import TrainingProgress, batching, common_args, seeded_batches
+
+    cfg = params.sft.model_copy(update={"micro_batch_size": None if micro == 1 else params.sft.batch_size // micro})
+    params = params.model_copy(update={"sft": cfg, "paths": params.paths.model_copy(update={"sft_model": str(out)})})
+    start = time.perf_counter()
+    rows = sft_pairs(params, WHY)[:cfg.max_rows]
+    set_seed(params.seed)
+    tokenizer = load_tokenizer(params.paths)
+    memory.check_fits(params, "sft", tokenizer)  # as the stage: where memory is tight it changes the allocator
+    model = load_base(params.paths, params.model.quantization)
+    ds = Dataset.from_list([{"prompt": user(r["prompt"]), "completion": assistant(r["response"])} for r in rows])
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SFTConfig(num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+                         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
+                         max_length=params.model.max_length, logging_steps=25,
+                         **batching(cfg.batch_size, cfg.micro_batch_size),
+                         **common_args(tmp, params.seed, cfg.activation_checkpointing))
+        lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+        trainer = seeded_batches(SFTTrainer)(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
+                                             peft_config=lora, callbacks=[TrainingProgress("sft")])
+        trainer.remove_callback(PrinterCallback)
+        result = trainer.train()
+    save_adapter(trainer.model, out)
+    return {"seconds": time.perf_counter() - start, "loss": round(result.training_loss, 4)}  # as the stage prints it
+
+
+RUN = {"prepare": pretrain, "sft": sft}
+
+
+def run_one(stage: str, micro: int, threads: str | None, out: Path) -> dict:
+    """One run in a fresh process (its thread count set before torch starts): its seconds and final loss."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": threads} if threads else {})}
+    proc = subprocess.run([sys.executable, "-m", "bench.prepare", "--stage", stage, "--one", str(micro), str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"bench.prepare --one {micro} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # the last line: progress may print before it
 
 
 def padding(stage: str, default: int) -> dict[int, float]:
@@ -78,8 +114,6 @@ def padding(stage: str, default: int) -> dict[int, float]:
     from transformers import AutoTokenizer
     from transformers.trainer_pt_utils import BatchRebalanceSampler
 
-    sys.path.insert(0, str(ROOT))
-    from dpo_pipeline.config import load_params
     from dpo_pipeline.files import read_jsonl
     from dpo_pipeline.tasks import get_task
 
@@ -107,12 +141,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
     ap.add_argument("--stage", choices=list(RUN), default="prepare")
+    ap.add_argument("--one", nargs=2, metavar=("MICRO", "OUT"), help=argparse.SUPPRESS)  # one run: this process
     add_json_arg(ap)
     args = ap.parse_args()
+    if args.one:
+        micro, out = args.one
+        print(json.dumps(RUN[args.stage](load_params(), int(micro), Path(out))))
+        return
     from safetensors.torch import load_file
-
-    sys.path.insert(0, str(ROOT))
-    from dpo_pipeline.config import load_params
 
     params = load_params(ROOT / "params.yaml")
     section = params.model.tiny if args.stage == "prepare" else params.sft  # its micro-batches a step:
@@ -122,12 +158,9 @@ def main() -> None:
         for i, name in enumerate(args.runs):
             micro, threads = RUNS[name]
             micro = micro or default
-            env = {**os.environ, **({"OMP_NUM_THREADS": threads} if threads else {})}
             out = Path(tmp) / str(i)
-            line = subprocess.run([sys.executable, "-c", RUN[args.stage], str(micro), str(out)], cwd=ROOT, env=env,
-                                  capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            results.append({"name": name, **json.loads(line), "weights": load_file(out / WEIGHTS[args.stage]),
-                            "padding": ratios[micro]})
+            results.append({"name": name, **run_one(args.stage, micro, threads, out),
+                            "weights": load_file(out / WEIGHTS[args.stage]), "padding": ratios[micro]})
             print(f"{name}: {results[-1]['seconds']:.1f} s", flush=True)
     first, rows = results[0], []
     print(f"\n{'run':10} {'seconds':>8} {'ratio':>6} {'loss':>7} {'max |dw|':>9} {'computed/real tokens':>21}")

@@ -1,8 +1,8 @@
 """Data-parallel stages: sample, eval_baselines and eval (and train, on request) as 1 process and as N under torchrun.
 
-    dvc repro && python bench/processes.py             # N = 2
-    python bench/processes.py --processes 4 --stages sample
-    python bench/processes.py --stages train            # DPO training as N processes (each half a batch)
+    dvc repro && python -m bench.processes             # N = 2
+    python -m bench.processes --processes 4 --stages sample
+    python -m bench.processes --stages train            # DPO training as N processes (each half a batch)
 
 Runs `python -m stages.<stage>` on the pipeline's models (models/), writing into a temporary folder, with
 `<stage>.num_processes` (eval's for eval_baselines) 1 and then N, and prints each stage's wall time, the
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from result import add_json_arg, write_result
+from bench.result import add_json_arg, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 # Each stage's outputs (paths keys), written into the run's folder; the first is the one compared.

@@ -1,8 +1,8 @@
 """How reports/report.html grows with the number of preference pairs: the page built from synthetic pairs,
 its size and build time, for short answers like the defaults' and for long ones, with and without the cap.
 
-    python bench/report_page.py                    # 60,000 pairs, short and ~1,200-character answers
-    python bench/report_page.py --pairs 10000
+    python -m bench.report_page                    # 60,000 pairs, short and ~1,200-character answers
+    python -m bench.report_page --pairs 10000
 
 The eval part is the committed default run's table with no answers (it does not grow with the pairs); the
 pairs are seeded random words. Random words compress worse than real prose, so the sizes are pessimistic.
@@ -13,19 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.result import add_json_arg, write_result
+from dpo_pipeline.config import load_params
+from dpo_pipeline.evaluation.schema import model_metrics, models
+from dpo_pipeline.reporting.page import page_data, similarity, write_page
+from dpo_pipeline.tasks import get_task
 
-from dpo_pipeline.config import load_params  # noqa: E402
-from dpo_pipeline.evaluation.schema import model_metrics, models  # noqa: E402
-from dpo_pipeline.reporting.page import page_data, similarity, write_page  # noqa: E402
-from dpo_pipeline.tasks import get_task  # noqa: E402
-from result import add_json_arg, write_result  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 WORDS = [w for w in (ROOT / "data" / "incident_triage" / "policy.md").read_text().split() if w.isalpha()]
 

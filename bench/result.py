@@ -1,7 +1,7 @@
 """`--json PATH` for every bench: the numbers it printed, with the machine and the command that made them.
 
     {"bench": "sampling", "machine": {"cpu": ..., "cpus": 2, "torch": "2.13.0", "threads": 2},
-     "command": "bench/sampling.py --n 24", "result": {...}}
+     "command": "python -m bench.sampling --n 24", "result": {...}}
 
 torch is not imported here: a bench that never loads it (the judge's) records its installed version and no
 thread count.
@@ -42,9 +42,16 @@ def machine() -> dict:
     return info
 
 
+def command() -> str:
+    """The command line as typed: `python -m bench.<name> ...` (sys.argv[0] is the module's absolute path)."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    head = f"python -m {spec.name}" if spec is not None else sys.argv[0]
+    return " ".join([head, *sys.argv[1:]])
+
+
 def write_result(path: Path | str | None, name: str, result: dict) -> None:
     """Write {"bench", "machine", "command", "result"} to `path` as indented JSON; nothing when path is None."""
     if path is None:
         return
-    record = {"bench": name, "machine": machine(), "command": " ".join(sys.argv), "result": result}
+    record = {"bench": name, "machine": machine(), "command": command(), "result": result}
     Path(path).write_text(json.dumps(record, indent=2, default=str) + "\n")

@@ -1,6 +1,6 @@
 """Batched generation (what the sample and eval stages do) against one prompt at a time.
 
-    dvc repro sft && python bench/sampling.py [--n 64] [--batch-size 64] [--max-new-tokens 64]
+    dvc repro sft && python -m bench.sampling [--n 64] [--batch-size 64] [--max-new-tokens 64]
 
 Loads the pipeline's SFT model (models/sft on models/base, as the sample stage does), decodes the first `--n`
 sampling prompts greedily both ways, and prints generated tokens per second of each, their ratio, and how
@@ -11,18 +11,16 @@ difference in a padded batch can flip a near-tie token). The bar is a ratio >= 8
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.result import add_json_arg, write_result
+from dpo_pipeline.config import load_params
+from dpo_pipeline.files import read_jsonl
+from dpo_pipeline.models.generation import generate
+from dpo_pipeline.models.loading import load_sft, load_tokenizer
 
-from dpo_pipeline.config import load_params  # noqa: E402
-from dpo_pipeline.files import read_jsonl  # noqa: E402
-from dpo_pipeline.models.generation import generate  # noqa: E402
-from dpo_pipeline.models.loading import load_sft, load_tokenizer  # noqa: E402
-from result import add_json_arg, write_result  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int) -> tuple[list[dict], float]:

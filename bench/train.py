@@ -1,10 +1,10 @@
 """The train stage against a bare TRL DPOTrainer script: same pairs, model and settings.
 
-    dvc repro judge && python bench/train.py
-    python bench/train.py --pairs 48 --epochs 1      # a shorter run (the first 48 pairs), e.g. on a real model
-    python bench/train.py --pairs 48 --epochs 1 --quick   # runs 1, 2 and 5 only: the bar, in 3/5 of the time
-    python bench/train.py --compare                  # the two trainers built side by side, not trained
-    python bench/train.py --steps stage bare         # each step and each trainer callback timed, per RUN
+    dvc repro judge && python -m bench.train
+    python -m bench.train --pairs 48 --epochs 1      # a shorter run (the first 48 pairs), e.g. on a real model
+    python -m bench.train --pairs 48 --epochs 1 --quick   # runs 1, 2 and 5 only: the bar, in 3/5 of the time
+    python -m bench.train --compare                  # the two trainers built side by side, not trained
+    python -m bench.train --steps stage bare         # each step and each trainer callback timed, per RUN
 
 Runs, one after the other on the pipeline's SFT model and preference pairs (models/, artifacts/):
   1. bare: a plain script (transformers + PEFT + TRL's DPOTrainer, none of the stage's wrapping) training
@@ -39,21 +39,19 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.result import add_json_arg, write_result
+from dpo_pipeline.config import Params, load_params
+from dpo_pipeline.files import read_jsonl
+from dpo_pipeline.models.dpo import dpo_config
+from dpo_pipeline.models.device import dtype
+from dpo_pipeline.models.lora import lora_config
 
-from dpo_pipeline.config import Params, load_params  # noqa: E402
-from dpo_pipeline.files import read_jsonl  # noqa: E402
-from dpo_pipeline.models.dpo import dpo_config  # noqa: E402
-from dpo_pipeline.models.device import dtype  # noqa: E402
-from dpo_pipeline.models.lora import lora_config  # noqa: E402
-from result import add_json_arg, write_result  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
 STEP_OPTIONS = {"kl", "nolive", "noprog", "nokl", "none"}
@@ -217,11 +215,11 @@ THREADS: set = set()
 
 
 def instrument() -> None:
-    """Time every callback event of every trainer, and add a step timer to every DPOTrainer built from now on
-    (bare_trainer and stages.train import trl's DPOTrainer when they run)."""
+    """Time every callback event of every DPOTrainer built from now on (bare_trainer and stages.train import
+    trl's DPOTrainer when they run), and add a step timer to it: public TrainerCallbacks only, through the
+    trainer's own pop_callback / add_callback."""
     import trl
     from transformers import TrainerCallback
-    from transformers import trainer_callback as tcb
 
     class Timer(TrainerCallback):
         def __init__(self):
@@ -238,28 +236,55 @@ def instrument() -> None:
         def on_log(self, a, s, c, **k): self._r("log", s)
         def on_train_end(self, a, s, c, **k): self._r("train_end", s)
 
-    def call_event(self, event, args, state, control, **kwargs):
-        for callback in self.callbacks:
-            t = time.perf_counter()
-            result = getattr(callback, event)(
-                args, state, control, model=self.model, processing_class=self.processing_class,
-                optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, train_dataloader=self.train_dataloader,
-                eval_dataloader=self.eval_dataloader, **kwargs)
-            CB_TIME[(type(callback).__name__, event)] += time.perf_counter() - t
-            if result is not None:
-                control = result
-        if event == "on_step_end":
-            THREADS.add(tuple(sorted(th.name for th in threading.enumerate())))
-        return control
-
     class Timed(trl.DPOTrainer):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             TIMERS.append(Timer())
             self.add_callback(TIMERS[-1])
+            clock_callbacks(self)
 
-    tcb.CallbackHandler.call_event = call_event
     trl.DPOTrainer = Timed
+
+
+class Tick:
+    """A callback put before and after each of a trainer's callbacks: the handler calls them in order, so the
+    time from one tick to the next within an event is the callback between them. (The stage's later
+    remove_callback(PrinterCallback) leaves two ticks side by side: nothing between, nothing counted.)"""
+
+    mark: float | None = None  # the last tick's time, any trainer's: events run one at a time
+
+    def __init__(self, handler, last: bool):
+        self.handler, self.last = handler, last
+
+    def tick(self, event: str) -> None:
+        now = time.perf_counter()
+        i = self.handler.callbacks.index(self)
+        before = self.handler.callbacks[i - 1] if i else None
+        if before is not None and not isinstance(before, Tick) and Tick.mark is not None:
+            CB_TIME[(type(before).__name__, event)] += now - Tick.mark
+        if self.last and event == "on_step_end":  # after every callback of the step, as the step ends
+            THREADS.add(tuple(sorted(th.name for th in threading.enumerate())))
+        Tick.mark = time.perf_counter()  # this bookkeeping is not the next callback's time
+
+
+def clock_callbacks(trainer) -> None:
+    """Re-add the trainer's callbacks in their order, a Tick before each and one after the last, through its
+    public pop_callback / add_callback (a Tick class per place: add_callback warns on a second of one class).
+    Events in the trainer's __init__ (on_init_end) come before the ticks and go untimed."""
+    from transformers import TrainerCallback
+
+    def on(event: str):
+        return lambda self, args, state, control, **kwargs: self.tick(event)
+
+    events = {name: on(name) for name in vars(TrainerCallback) if name.startswith("on_")}
+    callbacks = list(trainer.callback_handler.callbacks)
+    for cb in callbacks:
+        trainer.pop_callback(cb)
+    for k, cb in enumerate([*callbacks, None]):
+        tick = type(f"Tick{k}", (Tick, TrainerCallback), events)
+        trainer.add_callback(tick(trainer.callback_handler, last=cb is None))
+        if cb is not None:
+            trainer.add_callback(cb)
 
 
 def step_report(name: str, total: float, t0: float) -> dict:

@@ -1,8 +1,8 @@
 """DPO training speed and memory on a model of a real shape, randomly initialised (nothing is downloaded).
 
-    python bench/train_shape.py                      # Qwen2-0.5B's shape; meant for a GPU
-    python bench/train_shape.py --shape tiny --steps 4 --pairs 32   # a smoke run on CPU
-    python bench/train_shape.py --model models/base  # a real model: the pipeline's base folder (SmolLM2-135M)
+    python -m bench.train_shape                      # Qwen2-0.5B's shape; meant for a GPU
+    python -m bench.train_shape --shape tiny --steps 4 --pairs 32   # a smoke run on CPU
+    python -m bench.train_shape --model models/base  # a real model: the pipeline's base folder (SmolLM2-135M)
 
 Builds the architecture from the shape's config values (copied from Qwen2-0.5B's config.json: 24 layers,
 hidden 896, 14 heads / 2 KV heads, vocabulary 151,936, tied embeddings) with random weights, a byte-level
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import platform
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,15 +34,13 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, TrainerCallback
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dpo_pipeline.models.device import device, use_bf16  # noqa: E402
-from dpo_pipeline.models.loading import tokenizer_from  # noqa: E402
-from dpo_pipeline.models.lora import lora_config  # noqa: E402
-from dpo_pipeline.models.tiny import build_tokenizer  # noqa: E402
-from dpo_pipeline.models.training import common_args  # noqa: E402
-from dpo_pipeline.tasks import incident_triage, incident_triage_data  # noqa: E402
-from result import add_json_arg, write_result  # noqa: E402
+from bench.result import add_json_arg, write_result
+from dpo_pipeline.models.device import device, use_bf16
+from dpo_pipeline.models.loading import tokenizer_from
+from dpo_pipeline.models.lora import lora_config
+from dpo_pipeline.models.tiny import build_tokenizer
+from dpo_pipeline.models.training import common_args
+from dpo_pipeline.tasks import incident_triage, incident_triage_data
 
 SHAPES = {
     "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,

@@ -1,8 +1,9 @@
 """One progress bar for every long step: what, how far, elapsed, rate and time left.
 
 rich's default columns show no elapsed time and no rate, which is what a user waiting on 2,000 samples
-or judgments wants to see. Under CI (`CI` set) the bar stays on screen so the log keeps its last state. It draws
-on stderr: stdout is a tool's answer (`--json`), which a bar must never run into.
+or judgments wants to see. It draws on stderr: stdout is a tool's answer (`--json`), which a bar must never run
+into. Under CI (`CI` set) the bar's last state stays in the log; elsewhere a stderr that is not a terminal (a
+file, a pipe) gets nothing from it.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ class RateColumn(ProgressColumn):
 def progress(unit: str = "it", console=None, refresh_per_second: float = 10) -> Progress:
     """`with progress("prompts") as p: bar = p.add_task("sampling", total=n); p.advance(bar, k)`. The bar redraws
     from its own thread `refresh_per_second` times a second."""
+    console = console or Console(stderr=True)
+    ci = bool(os.environ.get("CI"))
     return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TaskProgressColumn(), TimeElapsedColumn(), RateColumn(unit), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=console or Console(stderr=True),
-                    refresh_per_second=refresh_per_second, transient=not os.environ.get("CI"))
+                    TimeRemainingColumn(), console=console, refresh_per_second=refresh_per_second, transient=not ci,
+                    disable=not (ci or console.is_terminal))
 

@@ -12,7 +12,7 @@ import yaml
 
 from dpo_pipeline.config import load_params
 from dpo_pipeline.errors import UserError
-from tests.helpers import run_stage
+from tests.support.stages import run_stage
 
 
 def test_shipped_params_load(root):

@@ -108,7 +108,7 @@ def test_repro_writes_the_three_way_comparison(repo, reproduced):
 def test_the_report_page_shows_what_the_jsonl_files_say(repo, reproduced):
     """reports/report.html of this run in headless Chromium: every held-out prompt, every kept pair, and each
     filter leaves exactly the rows the run's JSONL files name."""
-    from tests.helpers import Page
+    from tests.support.page import Page
 
     rows = lambda name: [json.loads(x) for x in (repo / "artifacts" / name).read_text().splitlines()]  # noqa: E731
     outputs, judgments = rows("eval_outputs.jsonl"), rows("judgments.jsonl")
@@ -351,7 +351,7 @@ def test_claude_as_judge_end_to_end(repo, reproduced, tmp_path):
     environment only: the judge and eval stages use it, and the key is written nowhere."""
     import uuid
 
-    from tests.helpers import FakeAnthropic, policy_answer
+    from tests.support.fake_anthropic import FakeAnthropic, policy_answer
 
     key = f"sk-ant-e2e-{uuid.uuid4().hex}"  # made here, so no source file holds it
 
@@ -398,7 +398,8 @@ def test_my_gpt2_model_my_sft_adapter_and_an_ultrafeedback_parquet(repo, reprodu
     """The user's week-2 setup: a GPT-2-architecture base and a LoRA SFT adapter in local folders, and a
     preference file in ultrafeedback_binarized's schema: sample and judge only convert, train uses the file,
     eval and the report compare all three models."""
-    from tests.helpers import ULTRAFEEDBACK, save_adapter_for, save_tiny, uf_row, write_parquet
+    from tests.support.models import save_adapter_for, save_tiny
+    from tests.support.ultrafeedback import ULTRAFEEDBACK, uf_row, write_parquet
 
     base = save_tiny("gpt2", tmp_path / "gpt2", chat_template=False)
     adapter = save_adapter_for(base, tmp_path / "gpt2-sft")
@@ -427,7 +428,7 @@ def test_my_gpt2_model_my_sft_adapter_and_an_ultrafeedback_parquet(repo, reprodu
 
 def template_answer(body: dict) -> dict:
     """A judge of the template task on the local Messages API server: a finished sentence first, then length."""
-    from tests.helpers import section
+    from tests.support.fake_anthropic import section
 
     text = body["messages"][0]["content"]
     rank = lambda r: (r.strip().endswith((".", "!", "?")), len(r.split()))  # noqa: E731
@@ -444,7 +445,8 @@ def test_a_task_from_the_template_my_sft_adapter_and_claude(repo, reproduced, tm
     server): every stage runs; no rubric, pre-training text or SFT data is needed."""
     import uuid
 
-    from tests.helpers import FakeAnthropic, save_adapter_for, save_tiny
+    from tests.support.fake_anthropic import FakeAnthropic
+    from tests.support.models import save_adapter_for, save_tiny
 
     base = save_tiny("qwen2", tmp_path / "qwen2")
     adapter = save_adapter_for(base, tmp_path / "qwen2-sft")
@@ -513,7 +515,7 @@ def test_a_served_llm_judge_end_to_end(repo, reproduced, tmp_path_factory, tmp_p
     SmolLM2-135M-Instruct held to the verdict's schema by response_format: the judge and eval stages use it,
     every answer valid, at a price of 0. Three temperatures, so each candidate is scored and best vs worst make
     the pair (asked pairwise, SmolLM2 names A whichever order: both orders make every such verdict a tie)."""
-    from tests.helpers import VLLM_PYTHON, smollm2_folder, vllm_server
+    from tests.support.vllm import VLLM_PYTHON, smollm2_folder, vllm_server
 
     if not VLLM_PYTHON.exists() and not os.environ.get("CI"):
         pytest.skip("no vLLM environment here: `make vllm` creates it (CI always has it)")
@@ -594,7 +596,7 @@ def test_a_reward_model_judges_the_pipeline_and_the_simpo_profile(repo, reproduc
     gives the kept pairs' reward gap, and eval's judged metrics come from rewards (the mean reward in place of
     faithfulness, win rates by comparing rewards). Then docs/judge.md's SimPO-style profile: five candidates at
     one temperature, best vs worst of five."""
-    from tests.helpers import train_reward_model
+    from tests.support.models import train_reward_model
 
     sft = [json.loads(x) for x in (repo / "data/incident_triage/sft.jsonl").read_text().splitlines()]
     rm = train_reward_model(tmp_path / "rm", sft[:150])

@@ -65,7 +65,7 @@ def test_policy_names_are_eval_model_keys():
 def rounds_workdir(tmp_path_factory):
     """A tiny Qwen2 base, an SFT adapter and two rounds' DPO adapters, each nudged enough to change outputs."""
     from dpo_pipeline.rounds import adapters
-    from tests.helpers import save_adapter_for, save_tiny
+    from tests.support.models import save_adapter_for, save_tiny
 
     work = tmp_path_factory.mktemp("engines")
     base = save_tiny("qwen2", work / "base")

@@ -16,7 +16,8 @@ from dpo_pipeline.errors import UserError
 from dpo_pipeline.models.loading import tokenizer_from
 from dpo_pipeline.models.manifest import model_folder, resolve
 from dpo_pipeline.models.lora import lora_config
-from tests.helpers import run_stage, save_adapter_for, save_tiny
+from tests.support.models import save_adapter_for, save_tiny
+from tests.support.stages import run_stage
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from dpo_pipeline.chat import assistant, user
 from dpo_pipeline.errors import UserError
 from dpo_pipeline.models.gguf import convert, read_gguf, wheel_gguf
 from dpo_pipeline.models.tiny import CHAT_TEMPLATE
-from tests.helpers import write_tiny_gguf
+from tests.support.gguf_file import write_tiny_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = 'Service "checkout-api" is down: error rate 12% since 10:42, p99 latency 3.1 s.'

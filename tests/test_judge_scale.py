@@ -25,7 +25,7 @@ from dpo_pipeline.judging.pairs import build_pairs
 from dpo_pipeline.judging.rubric import RubricJudge
 from dpo_pipeline.tasks import incident_triage as task
 from dpo_pipeline.tasks.incident_triage_data import generate
-from tests.helpers import FakeAnthropic, policy_answer
+from tests.support.fake_anthropic import FakeAnthropic, policy_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-ant-test-SECRET-0123456789"

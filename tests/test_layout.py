@@ -85,7 +85,15 @@ def test_no_function_over_60_lines_outside_tests():
     assert not long
 
 
-def test_tests_and_benchmarks_share_doubles_through_the_helpers_module_only():
+def touches_sys_path(path: Path) -> bool:
+    return any(isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sys"
+               and node.attr == "path" for node in ast.walk(ast.parse(path.read_text())))
+
+
+def test_tests_and_benchmarks_share_doubles_through_the_support_package_only():
+    """Imported as packages from the repository root (`python -m bench.<name>`, `python -m pytest`): sys.path
+    left alone, and no test module imports another."""
     bad = {f"{p.relative_to(ROOT)} imports {n}" for p in python_files("tests", "bench") for n in imported(p)
-           if n.startswith("tests.") and n.split(".")[1] != "helpers"}
+           if n.startswith("tests.") and n.split(".")[1] != "support"}
+    bad |= {f"{p.relative_to(ROOT)} touches sys.path" for p in python_files("tests", "bench") if touches_sys_path(p)}
     assert not bad

@@ -11,7 +11,7 @@ from dpo_pipeline.config import ModelParams
 from dpo_pipeline.models.generation import generate
 from dpo_pipeline.models.loading import tokenizer_from as load_tokenizer
 from dpo_pipeline.models.tiny import build_tokenizer, train_tiny_base
-from tests.helpers import TEXTS
+from tests.support.models import TEXTS
 
 
 @pytest.fixture(scope="module")

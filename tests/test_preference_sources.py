@@ -16,7 +16,7 @@ import pytest
 
 from dpo_pipeline.errors import UserError
 from dpo_pipeline.judging.sources import load_preferences
-from tests.helpers import ULTRAFEEDBACK, turn, uf_row, write_parquet
+from tests.support.ultrafeedback import ULTRAFEEDBACK, turn, uf_row, write_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ from dpo_pipeline.errors import UserError
 from dpo_pipeline.evaluation.schema import PAIRWISE, model_metrics, models
 from dpo_pipeline.reporting.page import (NEAR_IDENTICAL, TEMPLATE, page_data, pair_rows, similarity, write_page)
 from dpo_pipeline.tasks import get_task
-from tests.helpers import Page
+from tests.support.page import Page
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = load_params(ROOT / "params.yaml")

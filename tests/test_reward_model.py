@@ -27,7 +27,8 @@ from dpo_pipeline.judging.reliability import reliability
 from dpo_pipeline.judging.reward_model import RewardModelJudge
 from dpo_pipeline.judging.rubric import RubricJudge
 from dpo_pipeline.tasks import incident_triage
-from tests.helpers import ROOT, rubric_pairs, train_reward_model
+from tests.support.models import rubric_pairs, train_reward_model
+from tests.support.stages import ROOT
 
 SFT = read_jsonl(ROOT / "data/incident_triage/sft.jsonl", required=("prompt", "response"))
 PARAMS = load_params(ROOT / "params.yaml")
@@ -86,7 +87,7 @@ def gpt2_reward_model(out: Path) -> Path:
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     from dpo_pipeline.models.tiny import build_tokenizer
-    from tests.helpers import TEXTS
+    from tests.support.models import TEXTS
 
     tok = build_tokenizer(TEXTS, 320)
     torch.manual_seed(0)
@@ -193,7 +194,7 @@ def test_eval_reports_mean_reward_instead_of_faithfulness(reward_model, tmp_path
 
 
 def test_a_model_that_is_not_a_reward_model_is_refused(reward_model, tmp_path):
-    from tests.helpers import save_tiny
+    from tests.support.models import save_tiny
 
     chat_model = save_tiny("qwen2", tmp_path / "qwen2")  # a causal LM: no reward head
     with pytest.raises(UserError, match="2 outputs"):

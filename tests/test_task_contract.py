@@ -17,7 +17,7 @@ from dpo_pipeline.errors import UserError
 from dpo_pipeline.files import read_jsonl
 from dpo_pipeline.judging.registry import make_judge, reference_judge
 from dpo_pipeline.tasks import HOOKS, get_task, need
-from tests.helpers import run_stage
+from tests.support.stages import run_stage
 
 TEMPLATE = "examples/task_template.py"
 
@@ -88,7 +88,7 @@ def test_no_sft_data_is_an_empty_copy_and_a_one_line_error_where_needed(my_task)
 
 
 def test_the_sft_stage_names_the_missing_file_and_the_way_out(my_task, tmp_path_factory):
-    from tests.helpers import save_tiny
+    from tests.support.models import save_tiny
 
     base = save_tiny("qwen2", tmp_path_factory.mktemp("base"))
     set_model(my_task, base=str(base))

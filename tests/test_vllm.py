@@ -15,7 +15,8 @@ import yaml
 from dpo_pipeline.config import load_params
 from dpo_pipeline.errors import UserError
 from dpo_pipeline.models.generation import prompt_seed
-from tests.helpers import TEXTS, run_stage
+from tests.support.models import TEXTS
+from tests.support.stages import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM = ROOT / ".venv-vllm" / "bin" / "python"
@@ -29,7 +30,7 @@ def served(tmp_path_factory) -> dict:
     models/sft is a LoRA adapter on it, nudged far enough to change what is sampled."""
     from dpo_pipeline.config import ModelParams
     from dpo_pipeline.models.tiny import train_tiny_base
-    from tests.helpers import save_adapter_for
+    from tests.support.models import save_adapter_for
 
     work = tmp_path_factory.mktemp("vllm")
     cfg = ModelParams(base="builtin:tiny", revision=None, sft=None, lora_target_modules="auto", max_length=128,
