@@ -4,17 +4,17 @@
     python -m bench.memory --quick         # CPU: tiny and SmolLM2-135M shapes only (~3 min)
     python -m bench.memory --gpu           # GPU: Llama-3.2-1B, -3B and Llama-3.1-8B shapes, bf16 and nf4
     python -m bench.memory --cases smollm2-135m:dpo:b2:s256:ckpt    # chosen cases:
-                                           # SHAPE:KIND[:bN][:sN][:pN][:nN][:tN][:ckpt][:nf4][:ref][:glibc]
+                                           # SHAPE:KIND[:bN][:sN][:pN][:nN][:tN][:gN][:ckpt][:nf4][:ref][:glibc]
 
 Each case is a fresh process (nothing carries over from the one before) that builds a model of a published
 architecture's shape from its config values with random weights (nothing is downloaded) and a byte-level
 tokenizer trained on the task's texts (its ids are a subset of the model's vocabulary: memory depends on the
 shape, not on which ids come in), then runs one phase as the stages do:
-- dpo: one optimizer step (`t` steps, each on new pairs) of TRL's DPOTrainer with a fresh LoRA on every
-  projection, `b` pairs of exactly `s` tokens (one rejected response shorter, so the batch is padded as real
-  ones are), the reference's log-probs precomputed (`:ref`: a reference pass every step instead), optionally
-  with activation checkpointing (`:ckpt`) and the base in 4-bit NF4 (`:nf4`, loaded as the stage loads it:
-  models/loading.load_4bit);
+- dpo: one optimizer step (`t` steps, each on new pairs; `g` micro batches a step) of TRL's DPOTrainer with a
+  fresh LoRA on every projection, `b` pairs of exactly `s` tokens (one rejected response shorter, so the batch
+  is padded as real ones are), the reference's log-probs precomputed (`:ref`: a reference pass every step
+  instead), optionally with activation checkpointing (`:ckpt`) and the base in 4-bit NF4 (`:nf4`, loaded as the
+  stage loads it: models/loading.load_4bit);
 - gen: one generation batch of `b` prompts of about `p` words, `n` new tokens, sampled as the stages sample
   (models/generation.generate);
 - kl: the KL pass (models/kl.sequence_kls) of `b` prompts on a LoRA model, as the train stage's monitor and
@@ -90,10 +90,10 @@ def parse_case(text: str) -> dict:
     shape, kind, *flags = text.split(":")
     if shape not in SHAPES or kind not in ("dpo", "gen", "kl", "load"):
         raise ValueError(f"unknown shape or kind in {text!r}")
-    case = {"name": text, "shape": shape, "kind": kind, "b": 1, "s": 64, "p": 20, "n": 8, "t": 1,
+    case = {"name": text, "shape": shape, "kind": kind, "b": 1, "s": 64, "p": 20, "n": 8, "t": 1, "g": 1,
             "ckpt": False, "nf4": False, "precompute": True, "glibc": False}
     for f in flags:
-        if f[0] in "bspnt" and f[1:].isdigit():
+        if f[0] in "bspntg" and f[1:].isdigit():
             case[f[0]] = int(f[1:])
         elif f in ("ckpt", "nf4", "glibc"):
             case[f] = True
@@ -213,12 +213,14 @@ def dpo_step(case: dict, tok, texts: list[str], model) -> dict:
     rng, words = random.Random(0), " ".join(texts).split()
     text = lambda n: " ".join(rng.choice(words) for _ in range(n))  # noqa: E731 - n words, more than n tokens
     b, s = case["b"], case["s"]
-    rows = [{"prompt": text(max(2, s // 8)), "chosen": text(s), "rejected": text(s)} for _ in range(b * case["t"])]
+    rows = [{"prompt": text(max(2, s // 8)), "chosen": text(s), "rejected": text(s)}
+            for _ in range(b * case["t"] * case["g"])]
     rows[0]["rejected"] = tok.decode(tok(rows[0]["prompt"] + rows[0]["rejected"])["input_ids"][:s - 8])[
         len(rows[0]["prompt"]):]  # shorter than s: the batch is padded, as a real one is
     with tempfile.TemporaryDirectory() as tmp:
-        args = DPOConfig(max_steps=case["t"], per_device_train_batch_size=b, learning_rate=1e-4, beta=0.1, max_length=s,
-                         logging_steps=10**6, precompute_ref_log_probs=case["precompute"],
+        args = DPOConfig(max_steps=case["t"], per_device_train_batch_size=b, gradient_accumulation_steps=case["g"],
+                         learning_rate=1e-4, beta=0.1, max_length=s, logging_steps=10**6,
+                         precompute_ref_log_probs=case["precompute"],
                          **common_args(tmp, 0, case["ckpt"]))
         trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                              peft_config=lora_config(model, "auto", r=16, alpha=32, dropout=0.0),
@@ -362,7 +364,7 @@ def main() -> None:
     group.add_argument("--quick", action="store_true", help="CPU: tiny and SmolLM2-135M shapes only")
     group.add_argument("--gpu", action="store_true", help="1B, 3B and 8B shapes, bf16 and nf4 (needs a GPU)")
     group.add_argument("--cases", nargs="+", metavar="CASE",
-                       help="SHAPE:KIND[:bN][:sN][:pN][:nN][:tN][:ckpt][:nf4][:ref][:glibc]")
+                       help="SHAPE:KIND[:bN][:sN][:pN][:nN][:tN][:gN][:ckpt][:nf4][:ref][:glibc]")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # one case, run in this process (the bench's subprocess)
     add_json_arg(ap)
     args = ap.parse_args()

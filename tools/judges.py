@@ -68,35 +68,51 @@ def sample_pairs(params: Params, source: str, n: int, seed: int) -> list[Item]:
     return [(p, a, b) if rng.random() < 0.5 else (p, b, a) for p, a, b in picked]
 
 
-def judge_settings(params: Params, spec: str) -> dict:
-    """The judge section a spec BACKEND[:MODEL][@BASE_URL] stands for: params.yaml's with those replaced."""
-    backend = spec.split("@", 1)[0].split(":", 1)[0]
-    rest = spec[len(backend):]  # "", ":MODEL...", or "@URL"
+class Spec(typing.NamedTuple):
+    """A judge on the command line: BACKEND[:MODEL][@BASE_URL], as written and as parsed."""
+    text: str
+    backend: str
+    model: str | None
+    base_url: str | None
+
+
+def parse_spec(text: str) -> Spec:
+    """argparse's `type=` for --judges: the syntax checked before anything is read or asked."""
+    backend = text.split("@", 1)[0].split(":", 1)[0]
+    rest = text[len(backend):]  # "", ":MODEL...", or "@URL"
     if backend not in BACKENDS:
-        raise UserError(f"--judges {spec}: the backend is one of {', '.join(BACKENDS)}")
-    changes: dict = {"backend": backend}
-    if backend != params.judge.backend:  # params' server is for params' backend
-        changes["base_url"] = None
+        raise argparse.ArgumentTypeError(f"{text!r}: the backend is one of {', '.join(BACKENDS)}")
     if backend in ("anthropic", "openai"):
         model, at, url = rest.removeprefix(":").partition("@")
         if at and not url.startswith(("http://", "https://")):
-            raise UserError(f"--judges {spec}: the server after @ is a URL, e.g. http://127.0.0.1:8000/v1")
-        changes |= ({"model": model} if model else {}) | ({"base_url": url} if at else {})
-    elif backend == "reward_model" and rest.startswith(":"):
-        changes["reward_model"] = rest[1:]  # a folder's path may hold an @
-    elif backend == "rubric" and rest:
-        raise UserError(f"--judges {spec}: the rubric takes no model and no server")
-    elif rest:
-        raise UserError(f"--judges {spec}: a reward model takes no server: reward_model:FOLDER_OR_HUB_ID")
+            raise argparse.ArgumentTypeError(f"{text!r}: the server after @ is a URL, e.g. http://127.0.0.1:8000/v1")
+        return Spec(text, backend, model or None, url if at else None)
+    if backend == "reward_model" and rest.startswith(":"):
+        return Spec(text, backend, rest[1:], None)  # a folder's path may hold an @
+    if rest:
+        raise argparse.ArgumentTypeError(f"{text!r}: the rubric takes no model and no server" if backend == "rubric"
+                                         else f"{text!r}: a reward model takes no server: reward_model:FOLDER_OR_HUB_ID")
+    return Spec(text, backend, None, None)
+
+
+def judge_settings(params: Params, spec: Spec) -> dict:
+    """The judge section a spec stands for: params.yaml's with its backend, model and server."""
+    changes: dict = {"backend": spec.backend}
+    if spec.backend != params.judge.backend:  # params' server is for params' backend
+        changes["base_url"] = None
+    if spec.model:
+        changes["reward_model" if spec.backend == "reward_model" else "model"] = spec.model
+    if spec.base_url:
+        changes["base_url"] = spec.base_url
     return params.judge.model_dump() | changes
 
 
-def build(params: Params, spec: str) -> Judge:
+def build(params: Params, spec: Spec) -> Judge:
     """The judge a spec names, validated as params.yaml would be (a priced model, a reward model's folder)."""
     try:
         cfg = JudgeParams.model_validate(judge_settings(params, spec))
     except ValidationError as e:
-        raise UserError(f"--judges {spec}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        raise UserError(f"--judges {spec.text}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     return make_judge(cfg, get_task(params.task), read_text(params.task_files.policy))
 
 
@@ -127,13 +143,13 @@ def main(params: Params, args: argparse.Namespace) -> None:
     seed = params.seed if args.seed is None else args.seed
     items = sample_pairs(params, args.source, args.n, seed)
     judged, judges = {}, {}
-    built = {spec: build(params, spec) for spec in args.judges}  # every spec checked before anything is asked
+    built = {spec.text: build(params, spec) for spec in args.judges}  # every spec checked before anything is asked
     for spec, judge in built.items():
         judged[spec] = pairwise_both_orders(judge, items)
         judges[spec] = summary(judge, judged[spec])
     result = {"pairs": len(items), "source": args.source, "seed": seed, "judges": judges,
               "agreement": [{"judges": [a, b], **agreement(judged[a], judged[b], params.eval.bootstrap_samples, seed)}
-                            for a, b in combinations(args.judges, 2)]}
+                            for a, b in combinations(built, 2)]}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -171,7 +187,7 @@ class TwoOrMore(argparse.Action):
 
 def parser() -> argparse.ArgumentParser:
     p = cli.tool_parser(__doc__)
-    p.add_argument("--judges", nargs="+", required=True, action=TwoOrMore, metavar="JUDGE",
+    p.add_argument("--judges", nargs="+", type=parse_spec, required=True, action=TwoOrMore, metavar="JUDGE",
                    help=f"two or more of BACKEND[:MODEL][@BASE_URL], BACKEND one of {', '.join(BACKENDS)}; the rest "
                         "of each judge's settings are params.yaml's")
     p.add_argument("--n", type=cli.arg_type(int, lambda n: n > 0, "a whole number > 0"), default=50,
