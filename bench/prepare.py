@@ -60,16 +60,13 @@ def sft(params: Params, micro: int, out: Path) -> dict:
     """stages.sft's training (model.sft null) with `micro` micro-batches a step, the adapter saved to `out`; timed
     from reading the pairs to the saved adapter, as the stage runs. The stage's card and settings files are
     left out: they take no measurable time."""
-    from datasets import Dataset
-    from transformers import PrinterCallback, set_seed
-    from trl import SFTConfig, SFTTrainer
+    from transformers import set_seed
 
-    from dpo_pipeline.chat import assistant, user
     from dpo_pipeline.files import sft_pairs
     from dpo_pipeline.models import memory
     from dpo_pipeline.models.loading import load_base, load_tokenizer
-    from dpo_pipeline.models.lora import lora_config, save_adapter
-    from dpo_pipeline.models.training import TrainingProgress, batching, common_args, seeded_batches
+    from dpo_pipeline.models.lora import save_adapter
+    from dpo_pipeline.models.training import sft_trainer
 
     cfg = params.sft.model_copy(update={"micro_batch_size": None if micro == 1 else params.sft.batch_size // micro})
     params = params.model_copy(update={"sft": cfg, "paths": params.paths.model_copy(update={"sft_model": str(out)})})
@@ -79,17 +76,8 @@ def sft(params: Params, micro: int, out: Path) -> dict:
     tokenizer = load_tokenizer(params.paths)
     memory.check_fits(params, "sft", tokenizer)  # as the stage: where memory is tight it changes the allocator
     model = load_base(params.paths, params.model.quantization)
-    ds = Dataset.from_list([{"prompt": user(r["prompt"]), "completion": assistant(r["response"])} for r in rows])
     with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
-                         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
-                         max_length=params.model.max_length, logging_steps=25,
-                         **batching(cfg.batch_size, cfg.micro_batch_size),
-                         **common_args(tmp, params.seed, cfg.activation_checkpointing))
-        lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-        trainer = seeded_batches(SFTTrainer)(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
-                                             peft_config=lora, callbacks=[TrainingProgress("sft")])
-        trainer.remove_callback(PrinterCallback)
+        trainer, _ = sft_trainer(params, model, tokenizer, rows, tmp)  # the stage's own trainer
         result = trainer.train()
     save_adapter(trainer.model, out)
     return {"seconds": time.perf_counter() - start, "loss": round(result.training_loss, 4)}  # as the stage prints it

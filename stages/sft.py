@@ -18,7 +18,6 @@ from pathlib import Path
 from rich import print
 
 from dpo_pipeline import cli
-from dpo_pipeline.chat import assistant, user
 from dpo_pipeline.config import Params
 from dpo_pipeline.errors import UserError
 from dpo_pipeline.files import atomic_path, sft_pairs
@@ -63,40 +62,28 @@ def main(params: Params) -> None:
     rows = sft_pairs(params, "the sft stage trains the SFT adapter on them (or set model.sft to your SFT model)")
     rows = rows[:cfg.max_rows]
 
-    from datasets import Dataset
-    from transformers import PrinterCallback, set_seed
-    from trl import SFTConfig, SFTTrainer
+    from transformers import set_seed
 
     from dpo_pipeline.models import memory
     from dpo_pipeline.models.card import sft_card, write_settings
     from dpo_pipeline.models.loading import linear_4bit, load_base, load_tokenizer
-    from dpo_pipeline.models.lora import lora_config, save_adapter
-    from dpo_pipeline.models.training import TrainingProgress, batching, common_args, seeded_batches
+    from dpo_pipeline.models.lora import save_adapter
+    from dpo_pipeline.models.training import sft_trainer
 
     set_seed(params.seed)
     # --- model & tokenizer
     tokenizer = load_tokenizer(paths)
     memory.check_fits(params, "sft", tokenizer)  # before the weights load: names what to change if they cannot
     model = load_base(paths, params.model.quantization)  # nf4: 4-bit linear layers under the LoRA (QLoRA)
-    # --- dataset
-    ds = Dataset.from_list([{"prompt": user(r["prompt"]), "completion": assistant(r["response"])} for r in rows])
-    # --- training
+    # --- training: the pairs as a conversational prompt/completion dataset (models/training.sft_trainer)
     bits = f" ({linear_4bit(model)} linear layers in {params.model.quantization})" if params.model.quantization else ""
     print(f"[bold]sft[/]: training a LoRA adapter on {len(rows)} examples{bits} ...")
     with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
-                         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,  # < 1: a share
-                         max_length=params.model.max_length, logging_steps=25,
-                         **batching(cfg.batch_size, cfg.micro_batch_size),
-                         **common_args(tmp, params.seed, cfg.activation_checkpointing))
-        lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-        trainer = seeded_batches(SFTTrainer)(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
-                                             peft_config=lora, callbacks=[TrainingProgress("sft")])
-        trainer.remove_callback(PrinterCallback)
+        trainer, lora = sft_trainer(params, model, tokenizer, rows, tmp)
         result = trainer.train()
     with atomic_path(paths.sft_model) as out:
         save_adapter(trainer.model, out)
-        write_settings(out, args, "sft_args.json")  # and the card (PEFT's template replaced): models/card.py
+        write_settings(out, trainer.args, "sft_args.json")  # and the card (PEFT's template replaced): models/card.py
         (out / "README.md").write_text(sft_card(params, len(rows), lora.target_modules))
     print(f"[bold]sft[/]: {len(rows)} examples, loss {result.training_loss:.4f}, "
           f"{time.time() - start:.0f}s -> {paths.sft_model}")

@@ -83,3 +83,28 @@ class TrainingProgress(TrainerCallback):
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+def sft_trainer(params, model, tokenizer, rows: list[dict], output_dir: str):
+    """TRL's SFTTrainer as the sft stage trains it (the bench times the same one): the pairs as a
+    conversational prompt/completion dataset, the sft section's settings, a fresh LoRA, our progress bar in
+    place of transformers' printer. Returns the trainer and its LoRA config."""
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from dpo_pipeline.chat import assistant, user
+    from dpo_pipeline.models.lora import lora_config
+
+    cfg = params.sft
+    ds = Dataset.from_list([{"prompt": user(r["prompt"]), "completion": assistant(r["response"])} for r in rows])
+    args = SFTConfig(num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+                     lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,  # < 1: a share
+                     max_length=params.model.max_length, logging_steps=25,
+                     **batching(cfg.batch_size, cfg.micro_batch_size),
+                     **common_args(output_dir, params.seed, cfg.activation_checkpointing))
+    lora = lora_config(model, params.model.lora_target_modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    trainer = seeded_batches(SFTTrainer)(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
+                                         peft_config=lora, callbacks=[TrainingProgress("sft")])
+    trainer.remove_callback(PrinterCallback)
+    return trainer, lora
