@@ -4,7 +4,7 @@
     python -m bench.memory --quick         # CPU: tiny and SmolLM2-135M shapes only (~3 min)
     python -m bench.memory --gpu           # GPU: Llama-3.2-1B, -3B and Llama-3.1-8B shapes, bf16 and nf4
     python -m bench.memory --cases smollm2-135m:dpo:b2:s256:ckpt    # chosen cases:
-                                           # SHAPE:KIND[:bN][:sN][:pN][:nN][:tN][:gN][:ckpt][:nf4][:ref][:glibc]
+                                           # SHAPE:KIND[:bN][:sN][:pN][:nN][:tN][:gN][:mN][:ckpt][:nf4][:ref][:glibc]
 
 Each case is a fresh process (nothing carries over from the one before) that builds a model of a published
 architecture's shape from its config values with random weights (nothing is downloaded) and a byte-level
@@ -22,7 +22,8 @@ shape, not on which ids come in), then runs one phase as the stages do:
 - load: the model saved, then loaded as the stages load it (the load's own peak).
 Measured: on a CPU the process's peak resident memory during the phase (/proc/self/status VmHWM, reset
 before it), with freed memory returned at once as the plan assumes (models/memory.return_freed_memory, which
-sft and train set where memory is tight; `:glibc` measures glibc's default instead); on a GPU
+sft and train set where memory is tight; `:mN` with glibc's mmap threshold at N KiB instead of the library's;
+`:glibc` measures glibc's default instead); on a GPU
 torch.cuda.max_memory_allocated. Estimated: the plan's formula for that phase, with the prompt lengths the
 case measured. Prints each case's ratio and their range; `--json PATH` writes them.
 """
@@ -68,7 +69,7 @@ CPU_CASES = [
     "tiny:dpo:b4:s128", "tiny:dpo:b16:s192", "tiny:dpo:b16:s192:ckpt", "tiny:dpo:b8:s128:ref", "tiny:dpo:b4:s128:nf4",
     "tiny:gen:b100:p40:n64", "tiny:kl:b32:p40:n64",
     "smollm2-135m:dpo:b1:s128", "smollm2-135m:dpo:b2:s256", "smollm2-135m:dpo:b4:s256:ckpt",
-    "smollm2-135m:dpo:b8:s192:ckpt", "smollm2-135m:dpo:b2:s128:ref", "smollm2-135m:dpo:b1:s64:nf4",
+    "smollm2-135m:dpo:b8:s192:ckpt", "smollm2-135m:dpo:b2:s128:ref", "smollm2-135m:dpo:b2:s112:t3:g4", "smollm2-135m:dpo:b1:s64:nf4",
     "smollm2-135m:dpo:b1:s64:ckpt:nf4", "smollm2-135m:gen:b16:p40:n24", "smollm2-135m:gen:b48:p20:n8",
     "smollm2-135m:kl:b16:p20:n16", "smollm2-135m:load",
     "smollm2-135m:load:nf4", "qwen2.5-0.5b:dpo:b1:s96", "qwen2.5-0.5b:dpo:b2:s128:ckpt", "qwen2.5-0.5b:gen:b8:p20:n8",
@@ -90,10 +91,10 @@ def parse_case(text: str) -> dict:
     shape, kind, *flags = text.split(":")
     if shape not in SHAPES or kind not in ("dpo", "gen", "kl", "load"):
         raise ValueError(f"unknown shape or kind in {text!r}")
-    case = {"name": text, "shape": shape, "kind": kind, "b": 1, "s": 64, "p": 20, "n": 8, "t": 1, "g": 1,
+    case = {"name": text, "shape": shape, "kind": kind, "b": 1, "s": 64, "p": 20, "n": 8, "t": 1, "g": 1, "m": 0,
             "ckpt": False, "nf4": False, "precompute": True, "glibc": False}
     for f in flags:
-        if f[0] in "bspntg" and f[1:].isdigit():
+        if f[0] in "bspntgm" and f[1:].isdigit():
             case[f[0]] = int(f[1:])
         elif f in ("ckpt", "nf4", "glibc"):
             case[f] = True
@@ -169,8 +170,10 @@ def run_case(case: dict) -> dict:
     """Build, reset the peak, run the phase, read the peak; with what the estimate needs to know."""
     import tempfile
 
-    if not case["glibc"]:  # the estimate's assumption, as sft and train run where memory is tight (`:glibc`:
-        memory.return_freed_memory()  # glibc's default, as the other stages run, for comparison)
+    # freed memory returned at once, the estimate's assumption, as sft and train run where memory is tight;
+    # `:glibc`: glibc's default, as the other stages run; `:mN`: another threshold, to weigh its speed
+    if not case["glibc"]:
+        memory.return_freed_memory(case["m"] * 1024 if case["m"] else memory.MMAP_THRESHOLD)
     import peft  # noqa: F401 - a stage's imports, so the baseline is a stage's
     import torch
 
@@ -364,7 +367,7 @@ def main() -> None:
     group.add_argument("--quick", action="store_true", help="CPU: tiny and SmolLM2-135M shapes only")
     group.add_argument("--gpu", action="store_true", help="1B, 3B and 8B shapes, bf16 and nf4 (needs a GPU)")
     group.add_argument("--cases", nargs="+", metavar="CASE",
-                       help="SHAPE:KIND[:bN][:sN][:pN][:nN][:tN][:gN][:ckpt][:nf4][:ref][:glibc]")
+                       help="SHAPE:KIND[:bN][:sN][:pN][:nN][:tN][:gN][:mN][:ckpt][:nf4][:ref][:glibc]")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # one case, run in this process (the bench's subprocess)
     add_json_arg(ap)
     args = ap.parse_args()

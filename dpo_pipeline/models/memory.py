@@ -685,16 +685,20 @@ def check_fits(params: Params, stage: str, tokenizer=None, round_num: int = 1) -
 # The CPU's allocator
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 2 ** 17  # 128 KiB
 
 
-def return_freed_memory(threshold: int = 2 ** 20) -> None:
+def return_freed_memory(threshold: int = MMAP_THRESHOLD) -> None:
     """Make freed blocks of `threshold` bytes and more go back to the system at once (glibc: fix the mmap
     threshold, which otherwise rises to 32 MB as blocks are freed, after which its heap keeps them). With
     glibc's default a DPO step's resident memory was 1.3-1.5x what this setting gives (SmolLM2-135M's shape,
     4 pairs of 192 tokens: 6.2 against 4.6 GiB), and activation checkpointing saved little of it (4.9 against
-    3.4 GiB at 4 x 256): the heap kept what each recomputed layer freed. The price is page faults: that step
-    17% slower, the tiny model's train stage 50% (its many 1-8 MB tensors), so `check_fits` sets it only where
-    memory is tight or checkpointing is on. The estimates assume it. No-op without glibc."""
+    3.4 GiB at 4 x 256): the heap kept what each recomputed layer freed. 128 KiB (glibc's starting value), not
+    1 MiB: tensors just under the threshold live in the heap, which fragments over steps (2 pairs of 112
+    tokens, hidden 576: 1.01 MB each, 1.30x the estimate after 3 steps of 4 micro batches; 1.00x at 128 KiB).
+    The price is page faults: that step 1.24x the time it takes at 1 MiB, 1.35x glibc's default's
+    (docs/benchmarks.md), so `check_fits` sets it only where memory is tight or checkpointing is on. The
+    estimates assume it. No-op without glibc."""
     try:
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold)
     except (OSError, AttributeError):
