@@ -340,3 +340,19 @@ def test_each_round_is_its_adapter_on_the_round_before_merged_and_eval_keeps_sft
         assert same(weights(load_merged(paths, k)), weights(by_hand))
     assert seen == ["dpo", "dpo_r2", "dpo_r3"]
     assert same(weights(sft), sft_weights) and not same(sft_weights, weights(by_hand))
+
+
+def test_the_training_summary_rounds_and_never_reads_minus_zero():
+    """A step at the reference logs margins of exactly 0 that float rounding can sign negative; metrics and the
+    report show 0.0."""
+    from dpo_pipeline.models.dpo import summarize
+
+    history = [{"loss": 0.6931, "rewards/chosen": -1e-9, "rewards/rejected": 0.0, "rewards/margins": -1e-9,
+                "rewards/accuracies": 0.0},
+               {"eval_loss": 0.69, "eval_rewards/margins": -0.0, "eval_rewards/accuracies": 0.0},
+               {"loss": 0.412345, "rewards/chosen": 0.5, "rewards/rejected": -1.0, "rewards/margins": 1.234567,
+                "rewards/accuracies": 0.875}]
+    s = summarize(history)
+    assert str(s["first_step"]["rewards/margins"]) == "0.0" and str(s["first_step"]["rewards/chosen"]) == "0.0"
+    assert str(s["eval_first"]["rewards/margins"]) == "0.0"
+    assert s["final"] == {"loss": 0.4123, "rewards/margins": 1.2346, "rewards/accuracies": 0.875}

@@ -103,7 +103,7 @@ def summarize(log_history: list[dict]) -> dict:
     """The numbers a reader checks: where rewards started, where margins and accuracies ended."""
     train = [h for h in log_history if "rewards/margins" in h]
     evals = [h for h in log_history if "eval_rewards/margins" in h]
-    pick = lambda h, k: round(h[k], 4)  # noqa: E731
+    pick = lambda h, k: round(h[k], 4) + 0.0  # noqa: E731 - + 0.0: a margin of exactly 0 reads 0.0, not -0.0
     return {
         "first_step": {k: pick(train[0], k) for k in ("rewards/chosen", "rewards/rejected", "rewards/margins")},
         "final": {k: pick(train[-1], k) for k in ("loss", "rewards/margins", "rewards/accuracies")},
