@@ -69,7 +69,8 @@ CPU_CASES = [
     "tiny:dpo:b4:s128", "tiny:dpo:b16:s192", "tiny:dpo:b16:s192:ckpt", "tiny:dpo:b8:s128:ref", "tiny:dpo:b4:s128:nf4",
     "tiny:gen:b100:p40:n64", "tiny:kl:b32:p40:n64",
     "smollm2-135m:dpo:b1:s128", "smollm2-135m:dpo:b2:s256", "smollm2-135m:dpo:b4:s256:ckpt",
-    "smollm2-135m:dpo:b8:s192:ckpt", "smollm2-135m:dpo:b2:s128:ref", "smollm2-135m:dpo:b2:s112:t3:g4", "smollm2-135m:dpo:b1:s64:nf4",
+    "smollm2-135m:dpo:b8:s192:ckpt", "smollm2-135m:dpo:b2:s128:ref", "smollm2-135m:dpo:b2:s112:t3:g4",
+    "smollm2-135m:dpo:b1:s64:nf4",
     "smollm2-135m:dpo:b1:s64:ckpt:nf4", "smollm2-135m:gen:b16:p40:n24", "smollm2-135m:gen:b48:p20:n8",
     "smollm2-135m:kl:b16:p20:n16", "smollm2-135m:load",
     "smollm2-135m:load:nf4", "qwen2.5-0.5b:dpo:b1:s96", "qwen2.5-0.5b:dpo:b2:s128:ckpt", "qwen2.5-0.5b:gen:b8:p20:n8",
@@ -173,7 +174,7 @@ def run_case(case: dict) -> dict:
     # freed memory returned at once, the estimate's assumption, as sft and train run where memory is tight;
     # `:glibc`: glibc's default, as the other stages run; `:mN`: another threshold, to weigh its speed
     if not case["glibc"]:
-        memory.return_freed_memory(case["m"] * 1024 if case["m"] else memory.MMAP_THRESHOLD)
+        memory.return_freed_memory(case["m"] * 1024 or memory.MMAP_THRESHOLD)
     import peft  # noqa: F401 - a stage's imports, so the baseline is a stage's
     import torch
 

@@ -90,8 +90,9 @@ def parse_spec(text: str) -> Spec:
     if backend == "reward_model" and rest.startswith(":"):
         return Spec(text, backend, rest[1:], None)  # a folder's path may hold an @
     if rest:
-        raise argparse.ArgumentTypeError(f"{text!r}: the rubric takes no model and no server" if backend == "rubric"
-                                         else f"{text!r}: a reward model takes no server: reward_model:FOLDER_OR_HUB_ID")
+        why = "the rubric takes no model and no server" if backend == "rubric" \
+            else "a reward model takes no server: reward_model:FOLDER_OR_HUB_ID"
+        raise argparse.ArgumentTypeError(f"{text!r}: {why}")
     return Spec(text, backend, None, None)
 
 

@@ -34,8 +34,8 @@ A stage's peak is its largest phase (loading, a training step, a pass without gr
 The constants below were calibrated on a CPU against bench/memory.py (docs/benchmarks.md: every case within
 0.8-1.25 of measured). They assume freed memory goes back to the system at once (`return_freed_memory`,
 which `check_fits` sets for sft and train where memory is tight or checkpointing is on); glibc's default is
-faster and keeps more: 1.3-1.5x on a DPO step, up to ~1.3x generating. The GPU figures follow from the same counts and have not
-been measured yet (bash bench/gpu_memory.sh). `DPO_PIPELINE_MEMORY_GIB` sets the
+faster and keeps more: 1.3-1.5x on a DPO step, up to ~1.3x generating. The GPU figures follow from the
+same counts and have not been measured yet (bash bench/gpu_memory.sh). `DPO_PIPELINE_MEMORY_GIB` sets the
 memory the check assumes the device has, instead of what it finds.
 """
 
@@ -694,11 +694,10 @@ def return_freed_memory(threshold: int = MMAP_THRESHOLD) -> None:
     glibc's default a DPO step's resident memory was 1.3-1.5x what this setting gives (SmolLM2-135M's shape,
     4 pairs of 192 tokens: 6.2 against 4.6 GiB), and activation checkpointing saved little of it (4.9 against
     3.4 GiB at 4 x 256): the heap kept what each recomputed layer freed. 128 KiB (glibc's starting value), not
-    1 MiB: tensors just under the threshold live in the heap, which fragments over steps (2 pairs of 112
-    tokens, hidden 576: 1.01 MB each, 1.30x the estimate after 3 steps of 4 micro batches; 1.00x at 128 KiB).
-    The price is page faults: that step 1.24x the time it takes at 1 MiB, 1.35x glibc's default's
-    (docs/benchmarks.md), so `check_fits` sets it only where memory is tight or checkpointing is on. The
-    estimates assume it. No-op without glibc."""
+    1 MiB: tensors just under the threshold live in the heap, which fragments over the steps of gradient
+    accumulation (2 pairs of 112 tokens, hidden 576: 1.01 MB each; docs/benchmarks.md measures both
+    thresholds). The price is page faults, that step 1.24x the time it takes at 1 MiB, so `check_fits` sets
+    it only where memory is tight or checkpointing is on. The estimates assume it. No-op without glibc."""
     try:
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold)
     except (OSError, AttributeError):
